@@ -1,0 +1,269 @@
+"""Sparse DQN: Q-learning (or double Q-learning) from rlax over a sparse Haiku Q-network.
+
+The online network's optimiser is wrapped by `sparsify`, so its params are always exactly masked;
+the target network is a periodic copy of those params and so always carries the online masks.
+"""
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import optax
+import rlax
+
+from sparse_rl import nets
+from sparse_rl.agents import common
+from sparse_rl.agents.base import Agent
+from sparse_rl.errors import ConfigError, check, check_choice
+from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, sparse_init, sparsify
+
+LOOP = "offpolicy"
+LOSSES = ("mse", "huber")
+
+# PAPER.md: weight decay 1e-6 for every classic-control method, 0 for the Atari CNN.
+CLASSIC_WEIGHT_DECAY = {"default": 1e-6}
+ATARI_WEIGHT_DECAY = {"default": 0.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """DQN settings. Defaults are the paper's classic-control values (PAPER.md)."""
+
+    network: str = "mlp"
+    """Q-network torso: a registered name (mlp, nature_cnn, impala) or, from Python, any callable returning a Haiku module."""
+    widths: tuple[int, ...] = (512, 512)
+    """Hidden layer widths of the MLP torso."""
+    activation: str = "relu"
+    """Activation of the MLP torso."""
+    width_multiplier: float = 1.0
+    """Scales every hidden layer (used to match a dense network to a sparse one's parameter count)."""
+    learning_rate: float = 1e-3
+    """Adam learning rate."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    weight_decay: float | None = None
+    """Decoupled weight decay (AdamW); None takes the paper's value for the preset (classic 1e-6, Atari 0)."""
+    batch_size: int = 128
+    """Replay minibatch size."""
+    gamma: float = 0.99
+    """Discount factor."""
+    n_step: int = 1
+    """n-step returns (1 = one-step Q-learning)."""
+    double_q: bool = False
+    """Use double Q-learning targets."""
+    loss: str = "mse"
+    """TD loss: mse or huber."""
+    target_update_every: int = 100
+    """Copy online params (and so masks) to the target network every this many gradient steps."""
+    replay_capacity: int = 100_000
+    """Replay buffer size in transitions."""
+    learning_starts: int = 1000
+    """Environment steps collected before the first gradient step."""
+    train_every: int = 1
+    """Environment steps per gradient step."""
+    epsilon_start: float = 1.0
+    """Initial exploration epsilon."""
+    epsilon_end: float = 0.01
+    """Final exploration epsilon."""
+    epsilon_decay_steps: int = 1000
+    """Environment steps over which epsilon decays linearly, counted from learning_starts."""
+    eval_epsilon: float = 0.001
+    """Epsilon of the evaluation policy."""
+    sparsity: SparsityConfig = SparsityConfig(
+        method="rigl", sparsity=0.9, update_every=1000, drop_fraction=0.5, start_step=0, end_step=75_000
+    )
+    """Sparsity of the Q-network."""
+    schedule_start_fraction: float | None = 0.2
+    """Start of the pruning window as a fraction of the run's gradient steps (None: use sparsity.start_step)."""
+    schedule_end_fraction: float | None = 0.75
+    """End of the pruning window / last SET-RigL update as a fraction of gradient steps (None: use sparsity.end_step)."""
+    weight_decay_table: str = "classic"
+    """Which paper table supplies weight_decay when it is None: classic or atari."""
+
+    def __post_init__(self):
+        if not callable(self.network):
+            check_choice(self.network, "network", tuple(nets.NETWORKS))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        check(len(self.widths) > 0 and all(w > 0 for w in self.widths), "widths", "must be positive integers")
+        check(self.width_multiplier > 0, "width_multiplier", f"must be > 0, got {self.width_multiplier}")
+        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(self.adam_eps > 0, "adam_eps", f"must be > 0, got {self.adam_eps}")
+        check(self.weight_decay is None or self.weight_decay >= 0, "weight_decay", "must be >= 0 or None")
+        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        check(0.0 <= self.gamma <= 1.0, "gamma", f"must be in [0, 1], got {self.gamma}")
+        check(self.n_step >= 1, "n_step", f"must be >= 1, got {self.n_step}")
+        check_choice(self.loss, "loss", LOSSES)
+        check(self.target_update_every >= 1, "target_update_every", "must be >= 1")
+        check(self.replay_capacity >= self.batch_size, "replay_capacity", "must be >= batch_size")
+        check(self.learning_starts >= 0, "learning_starts", "must be >= 0")
+        check(self.train_every >= 1, "train_every", "must be >= 1")
+        for name in ("epsilon_start", "epsilon_end", "eval_epsilon"):
+            value = getattr(self, name)
+            check(0.0 <= value <= 1.0, name, f"must be in [0, 1], got {value}")
+        check(self.epsilon_decay_steps >= 1, "epsilon_decay_steps", "must be >= 1")
+        common.check_fraction(self.schedule_start_fraction, "schedule_start_fraction")
+        common.check_fraction(self.schedule_end_fraction, "schedule_end_fraction")
+        check_choice(self.weight_decay_table, "weight_decay_table", ("classic", "atari"))
+        if not isinstance(self.sparsity, SparsityConfig):
+            raise ConfigError("sparsity", "must be a SparsityConfig")
+
+
+PRESETS: dict[str, Config] = {
+    "classic": Config(),
+    "atari": Config(
+        network="nature_cnn",
+        learning_rate=2.5e-4,
+        adam_eps=1e-8,
+        batch_size=32,
+        loss="huber",
+        target_update_every=2000,  # 8000 env steps at one gradient step per 4 env steps
+        replay_capacity=1_000_000,
+        learning_starts=20_000,
+        train_every=4,
+        epsilon_end=0.01,
+        epsilon_decay_steps=250_000,
+        eval_epsilon=0.001,
+        sparsity=SparsityConfig(
+            method="rigl", sparsity=0.9, update_every=5000, drop_fraction=0.3, start_step=500_000,
+            end_step=2_000_000,
+        ),
+        schedule_start_fraction=0.2,
+        schedule_end_fraction=0.8,
+        weight_decay_table="atari",
+    ),
+}
+
+# Per-method schedule defaults of the paper (update interval, drop fraction) by preset.
+METHOD_DEFAULTS = {
+    "classic": {"prune": dict(update_every=1000), "set": dict(update_every=1000, drop_fraction=0.5),
+                "rigl": dict(update_every=1000, drop_fraction=0.5)},
+    "atari": {"prune": dict(update_every=5000), "set": dict(update_every=5000, drop_fraction=0.3),
+              "rigl": dict(update_every=5000, drop_fraction=0.3)},
+}
+
+
+def default_preset(family: str) -> str:
+    return "atari" if family == "atari" else "classic"
+
+
+class DQNState(NamedTuple):
+    params: Any
+    target_params: Any
+    opt_state: Any
+    gradient_steps: jax.Array
+
+
+def _weight_decay(config: Config) -> float:
+    table = CLASSIC_WEIGHT_DECAY if config.weight_decay_table == "classic" else ATARI_WEIGHT_DECAY
+    return common.method_weight_decay(table, config.sparsity.method, config.weight_decay)
+
+
+def q_network(config: Config, num_actions: int) -> hk.Transformed:
+    """The Q-network as a pure (init, apply) pair; the torso is pluggable."""
+
+    def forward(obs):
+        if config.network == "mlp":
+            torso = nets.make_torso(
+                "mlp", widths=config.widths, activation=config.activation,
+                width_multiplier=config.width_multiplier, activate_final=True,
+            )
+        elif callable(config.network):
+            torso = config.network()
+        else:
+            torso = nets.make_torso(config.network, width_multiplier=config.width_multiplier)
+        return nets.QHead(num_actions)(torso(obs))
+
+    return hk.without_apply_rng(hk.transform(forward))
+
+
+def total_gradient_steps(config: Config, total_env_steps: int) -> int:
+    return max((total_env_steps - config.learning_starts) // config.train_every, 1)
+
+
+def make(config: Config, env_spec, total_steps: int) -> Agent:
+    """Jitted init / act / update of a sparse DQN for `env_spec` (Discrete actions only)."""
+    action_spec = env_spec.action_spec
+    if not hasattr(action_spec, "num_values"):
+        raise ConfigError(
+            "env", f"DQN needs a Discrete action space; {env_spec.env_id} has {action_spec}",
+            "environments with Discrete actions, e.g. CartPole-v1, Acrobot-v1, ALE/Pong-v5",
+        )
+    num_actions = int(action_spec.num_values)
+    obs_spec = env_spec.observation_spec
+    network = q_network(config, num_actions)
+    sparsity = common.resolve_schedule(
+        config.sparsity, total_gradient_steps(config, total_steps),
+        config.schedule_start_fraction, config.schedule_end_fraction,
+    )
+    optimiser = common.adam_or_adamw(config.learning_rate, _weight_decay(config), config.adam_eps)
+
+    def init(key):
+        net_key, mask_key, init_key = jax.random.split(key, 3)
+        dummy = jnp.zeros((1, *obs_spec.shape), obs_spec.dtype)
+        params = network.init(net_key, dummy)
+        tx = sparsify(optimiser, sparsity, key=mask_key)
+        opt_state = tx.init(params)
+        masks = get_masks(opt_state)
+        params = apply_masks(params, masks)
+        if sparsity.sparse_init:
+            params = sparse_init(init_key, params, masks)
+        return DQNState(params, params, opt_state, jnp.zeros((), jnp.int32))
+
+    # The wrapper's state carries masks, targets and keys, so the transformation itself is stateless
+    # and can be rebuilt with a fixed key for `update` (its key is only read at init).
+    tx = sparsify(optimiser, sparsity, key=jax.random.PRNGKey(0))
+
+    def epsilon(step):
+        progress = jnp.clip((step - config.learning_starts) / config.epsilon_decay_steps, 0.0, 1.0)
+        return config.epsilon_start + progress * (config.epsilon_end - config.epsilon_start)
+
+    def act(state, obs, key, step, evaluation=False):
+        q = network.apply(state.params, obs)
+        greedy = jnp.argmax(q, axis=-1)
+        eps = config.eval_epsilon if evaluation else epsilon(step)
+        explore_key, action_key = jax.random.split(key)
+        explore = jax.random.uniform(explore_key, greedy.shape) < eps
+        random_actions = jax.random.randint(action_key, greedy.shape, 0, num_actions)
+        return jnp.where(explore, random_actions, greedy)
+
+    def loss_fn(params, target_params, batch):
+        q = network.apply(params, batch.obs)
+        q_next_target = network.apply(target_params, batch.next_obs)
+        discount = config.gamma * batch.discount.astype(jnp.float32)
+        reward = batch.reward.astype(jnp.float32)
+        action = batch.action.astype(jnp.int32)
+        if config.double_q:
+            q_next_online = network.apply(params, batch.next_obs)
+            td = jax.vmap(rlax.double_q_learning)(q, action, reward, discount, q_next_target, q_next_online)
+        else:
+            td = jax.vmap(rlax.q_learning)(q, action, reward, discount, q_next_target)
+        # rlax.l2_loss is 0.5 * td^2, the MSE of Dopamine's classic-control DQN.
+        losses = rlax.huber_loss(td, 1.0) if config.loss == "huber" else rlax.l2_loss(td)
+        return jnp.mean(losses), jnp.mean(q)
+
+    def update(state, batch, key):
+        del key  # DQN's update is deterministic given the batch.
+        (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.target_params, batch
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        steps = state.gradient_steps + 1
+        refresh = steps % config.target_update_every == 0
+        target_params = jax.tree_util.tree_map(
+            lambda online, target: jnp.where(refresh, online, target), params, state.target_params
+        )
+        new_state = DQNState(params, target_params, opt_state, steps)
+        return new_state, {"loss": loss, "q_mean": q_mean, "grad_norm": optax.global_norm(grads)}
+
+    def networks(state):
+        return {"q": (state.params, get_masks(state.opt_state))}
+
+    return Agent(
+        init=jax.jit(init),
+        act=jax.jit(act, static_argnames="evaluation"),
+        update=jax.jit(update, donate_argnums=0),
+        networks=networks,
+    )

@@ -1,0 +1,169 @@
+"""`sparse-rl train | sweep | plot | analyze`.
+
+`train` is parsed in two stages: the agent, environment and preset are read first (they decide
+the defaults), then tyro parses every field of the run and of that agent's config, with the preset's
+values as defaults, so `--help` shows the defaults that will actually be used.
+"""
+
+import argparse
+import dataclasses
+import importlib
+import sys
+from typing import Annotated
+
+import tyro
+
+from sparse_rl.errors import ConfigError, check_choice
+
+COMMANDS = {
+    "train": "sparse_rl.cli:train_main",
+    "sweep": "sparse_rl.sweep.cli:main",
+    "plot": "sparse_rl.sweep.plot_cli:main",
+    "analyze": "sparse_rl.analysis.cli:main",
+}
+
+USAGE = """usage: sparse-rl {train,sweep,plot,analyze} [options]
+
+  train     train one agent (default: DQN, RigL 90% ERK, CartPole-v1)
+  sweep     run a grid of agents x envs x methods x sparsities x seeds
+  plot      learning curves, score vs sparsity and aggregates of a sweep
+  analyze   gradient flow, sensitivity and topology analyses of a run or sweep
+
+`sparse-rl COMMAND --help` documents each option."""
+
+# Which sparsity configs of each agent the shortcut flags (--method, --sparsity, ...) set.
+SPARSITY_FIELDS = {"dqn": ("sparsity",), "sac": ("actor_sparsity", "critic_sparsity"),
+                   "ppo": ("actor_sparsity", "value_sparsity")}
+
+
+def _shortcuts(agent: str):
+    """Top-level flags that set every network's sparsity config of the agent at once."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Shortcuts:
+        method: str | None = None
+        """Sparsity method for every network: dense, static, prune, set, rigl (default: the preset's)."""
+        sparsity: float | None = None
+        """Target sparsity in [0, 1) for every network (default: the preset's)."""
+        distribution: str | None = None
+        """Per-layer distribution for every network: erk or uniform."""
+        update_every: int | None = None
+        """Topology update interval in gradient steps (default: the paper's for the method)."""
+        drop_fraction: float | None = None
+        """Initial drop fraction of SET/RigL (default: the paper's for the method)."""
+        preset: str | None = None
+        """Named preset of the agent's settings (see README); default by environment family."""
+
+    Shortcuts.__name__ = f"{agent.upper()}Shortcuts"
+    return Shortcuts
+
+
+def apply_shortcuts(module, agent: str, preset: str, config, shortcuts):
+    """Agent config with the shortcut flags applied to each of its sparsity configs.
+
+    A method chosen on the command line takes the paper's schedule defaults for that method and
+    preset (update interval, drop fraction) unless they are given too.
+    """
+    defaults = getattr(module, "METHOD_DEFAULTS", {}).get(preset, {})
+    changes = {}
+    for field in SPARSITY_FIELDS[agent]:
+        sparsity_config = getattr(config, field)
+        update = {}
+        if shortcuts.method is not None:
+            update["method"] = shortcuts.method
+            if shortcuts.method != sparsity_config.method:
+                update.update(defaults.get(shortcuts.method, {}))
+        for name in ("sparsity", "distribution", "update_every", "drop_fraction"):
+            value = getattr(shortcuts, name)
+            if value is not None:
+                update[name] = value
+        if update:
+            changes[field] = dataclasses.replace(sparsity_config, **update)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def _pre_parse(argv):
+    """Agent, env and preset, which decide the defaults of everything else."""
+    from sparse_rl.train.runner import RunConfig
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--agent", default=RunConfig.agent)
+    parser.add_argument("--env", default=RunConfig.env)
+    parser.add_argument("--preset", default=None)
+    known, _ = parser.parse_known_args(argv)
+    return known
+
+
+def build_train_args(argv):
+    """(RunConfig, agent config) from command-line arguments."""
+    from sparse_rl import envs
+    from sparse_rl.train.runner import AGENT_MODULES, RunConfig, agent_module
+
+    pre = _pre_parse(argv)
+    check_choice(pre.agent, "agent", tuple(AGENT_MODULES))
+    module = agent_module(pre.agent)
+    family = envs.env_family(pre.env)
+    preset = pre.preset or module.default_preset(family)
+    check_choice(preset, "preset", tuple(module.PRESETS))
+    Shortcuts = _shortcuts(pre.agent)
+
+    @dataclasses.dataclass(frozen=True)
+    class TrainArgs:
+        run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes]
+        shortcuts: Annotated[Shortcuts, tyro.conf.OmitArgPrefixes]
+        config: Annotated[module.Config, tyro.conf.arg(name=pre.agent)]
+
+    default = TrainArgs(
+        run=RunConfig(agent=pre.agent, env=pre.env),
+        shortcuts=Shortcuts(preset=preset),
+        config=module.PRESETS[preset],
+    )
+    args = tyro.cli(
+        TrainArgs, default=default, args=argv, prog="sparse-rl train",
+        description="Train one sparse agent and write its run directory (config.json, metrics.csv, summary.json, checkpoints).",
+    )
+    config = apply_shortcuts(module, pre.agent, preset, args.config, args.shortcuts)
+    return args.run, config
+
+
+def train_main(argv=None) -> int:
+    from sparse_rl.train.runner import train
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run, config = build_train_args(argv)
+    summary = train(run, config)
+    final = summary.get("final_eval_return")
+    print(
+        f"done: {summary['agent']} on {summary['env']}, {summary['method']} "
+        f"sparsity {summary['sparsity']:.3f}, final eval return "
+        f"{'n/a' if final is None else f'{final:.2f}'}, {summary['steps_per_second']:.0f} steps/s"
+    )
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        if not argv:
+            argv = ["train"]
+        else:
+            print(USAGE)
+            return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: command: unknown command {command!r} (allowed: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module_name, function = COMMANDS[command].split(":")
+    try:
+        entry = getattr(importlib.import_module(module_name), function)
+        return int(entry(rest) or 0)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the run can be continued with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""`sparsify(tx, config)`: an optax wrapper whose state holds the masks.
+
+Per update: mask the gradient, run the inner optimiser, on mask-update steps apply the method's
+rule to the candidate params, start grown connections at 0 with zeroed optimiser moments, and
+return updates that leave params exactly masked after `optax.apply_updates`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparse_rl.errors import ConfigError
+from sparse_rl.sparsity.config import SparsityConfig
+from sparse_rl.sparsity.distributions import target_sparsities
+from sparse_rl.sparsity.masks import masks_from_targets
+from sparse_rl.sparsity.schedules import is_update_step
+from sparse_rl.sparsity.topology import update_masks
+
+
+class SparseState(NamedTuple):
+    inner: Any      # the wrapped transformation's state
+    masks: Any      # bool pytree like params
+    targets: Any    # per-leaf final target sparsities (float32 scalars)
+    step: Any       # int32 count of update calls
+    key: Any        # PRNG key for mask updates
+
+
+def _check_masks(masks, params):
+    ms, ps = jax.tree_util.tree_structure(masks), jax.tree_util.tree_structure(params)
+    if ms != ps:
+        raise ConfigError("masks", f"structure {ms} differs from params {ps}",
+                          "masks with the structure of params")
+    for m, p in zip(jax.tree_util.tree_leaves(masks), jax.tree_util.tree_leaves(params)):
+        if np.shape(m) != np.shape(p):
+            raise ConfigError("masks", f"shape {np.shape(m)} differs from param shape "
+                              f"{np.shape(p)}", "masks with the shapes of params")
+
+
+def _reset_moments(inner_state, params, keep):
+    """Multiply every subtree of `inner_state` shaped like params by `keep` (bool pytree)."""
+    treedef = jax.tree_util.tree_structure(params)
+    shapes = [np.shape(p) for p in jax.tree_util.tree_leaves(params)]
+    keep_leaves = jax.tree_util.tree_leaves(keep)
+
+    def like_params(x):
+        if jax.tree_util.tree_structure(x) != treedef:
+            return False
+        return [np.shape(v) for v in jax.tree_util.tree_leaves(x)] == shapes
+
+    def reset(x):
+        if not like_params(x):
+            return x
+        leaves = jax.tree_util.tree_leaves(x)
+        return jax.tree_util.tree_unflatten(
+            treedef, [jnp.where(k, v, jnp.zeros_like(v)) for v, k in zip(leaves, keep_leaves)])
+
+    # A params-shaped single array would make every same-shaped leaf "match"; that is what we want
+    # for moments and harmless elsewhere (scalars such as counts never match a kernel).
+    return jax.tree_util.tree_map(reset, inner_state, is_leaf=like_params)
+
+
+def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
+             sparsity=None) -> optax.GradientTransformationExtraArgs:
+    """Wrap `tx` so params stay sparse under `config`.
+
+    key: PRNG key for initial masks and mask updates (default PRNGKey(0); may be traced).
+    sparsity: optional (possibly traced) scalar replacing `config.sparsity`.
+    `update(grads, state, params, **extra)` needs params; `grads` should be the dense gradient at
+    the masked params (RigL grows by it).
+    """
+    if not isinstance(config, SparsityConfig):
+        raise ConfigError("config", f"expected SparsityConfig, got {type(config).__name__}")
+    inner = optax.with_extra_args_support(tx)
+    base_key = jax.random.PRNGKey(0) if key is None else key
+    dynamic = config.method in ("prune", "set", "rigl")
+
+    def init_fn(params):
+        k_mask, k_state = jax.random.split(base_key)
+        targets = target_sparsities(params, config, sparsity)
+        masks = masks_from_targets(k_mask, params, config, targets)
+        return SparseState(inner=inner.init(params), masks=masks, targets=targets,
+                           step=jnp.zeros((), jnp.int32), key=k_state)
+
+    def update_fn(grads, state: SparseState, params=None, **extra):
+        if config.method == "dense":
+            updates, inner_state = inner.update(grads, state.inner, params, **extra)
+            return updates, state._replace(inner=inner_state, step=state.step + 1)
+        if params is None:
+            raise ConfigError("params", "sparsify(...).update needs params",
+                              "tx.update(grads, opt_state, params)")
+        _check_masks(state.masks, params)
+        masks = state.masks
+        masked_grads = jax.tree_util.tree_map(
+            lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), grads, masks)
+        updates, inner_state = inner.update(masked_grads, state.inner, params, **extra)
+        key, sub = jax.random.split(state.key)
+
+        if not dynamic:
+            new_masks = masks
+            keep = masks
+        else:
+            def do_update(inner_state):
+                candidate = optax.apply_updates(params, updates)
+                new = update_masks(sub, masks, candidate, grads, state.targets, state.step, config)
+                both = jax.tree_util.tree_map(jnp.logical_and, new, masks)
+                return new, both, _reset_moments(inner_state, params, both)
+
+            def no_update(inner_state):
+                return masks, masks, inner_state
+
+            new_masks, keep, inner_state = jax.lax.cond(
+                is_update_step(state.step, config), do_update, no_update, inner_state)
+
+        # Kept connections take the inner update; grown ones start at 0 (params there are already
+        # 0) and dropped ones go to 0. `-p` makes the sum exactly 0 after apply_updates.
+        out = jax.tree_util.tree_map(
+            lambda u, p, k: jnp.where(k, u, -p).astype(u.dtype) if u is not None else None,
+            updates, params, keep)
+        return out, SparseState(inner=inner_state, masks=new_masks, targets=state.targets,
+                                step=state.step + 1, key=key)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def get_sparse_state(opt_state) -> SparseState:
+    """The `SparseState` found anywhere inside a (nested) optax state."""
+    found = _find(opt_state)
+    if found is None:
+        raise ConfigError("opt_state", "no sparsify(...) state found",
+                          "an optimizer state produced by sparsify(tx, config).init")
+    return found
+
+
+def _find(x):
+    if isinstance(x, SparseState):
+        return x
+    if isinstance(x, dict):
+        children = list(x.values())
+    elif isinstance(x, (tuple, list)):
+        children = list(x)
+    else:
+        return None
+    for c in children:
+        r = _find(c)
+        if r is not None:
+            return r
+    return None
+
+
+def get_masks(opt_state):
+    """Masks held by the `sparsify` state inside `opt_state`."""
+    return get_sparse_state(opt_state).masks

@@ -1,0 +1,36 @@
+"""Schedules (all jnp, step may be traced)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from sparse_rl.sparsity.config import DYNAMIC_METHODS, SparsityConfig
+
+
+def pruning_sparsity(step, final, start, end, initial=0.0):
+    """Cubic schedule (Zhu & Gupta): s_f + (s_i - s_f) * (1 - p)^3, p = clip((t-start)/(end-start))."""
+    t = jnp.asarray(step, jnp.float32)
+    p = jnp.clip((t - start) / jnp.float32(end - start), 0.0, 1.0)
+    final = jnp.asarray(final, jnp.float32)
+    return final + (initial - final) * (1.0 - p) ** 3
+
+
+def drop_fraction(step, a, end):
+    """Cosine-decayed drop fraction a/2 * (1 + cos(pi * min(t, end) / end))."""
+    t = jnp.minimum(jnp.asarray(step, jnp.float32), jnp.float32(end))
+    return 0.5 * a * (1.0 + jnp.cos(jnp.pi * t / jnp.float32(end)))
+
+
+def is_update_step(step, config: SparsityConfig):
+    """Whether the masks change at `step` (bool jnp scalar).
+
+    prune: start <= t <= end and (t - start) % every == 0. SET/RigL: t % every == 0 and t <= end
+    (t = 0 included). dense/static: never.
+    """
+    t = jnp.asarray(step, jnp.int32)
+    if config.method == "prune":
+        s, e = config.start_step, config.end_step
+        return (t >= s) & (t <= e) & ((t - s) % config.update_every == 0)
+    if config.method in DYNAMIC_METHODS:
+        return (t % config.update_every == 0) & (t <= config.end_step)
+    return jnp.zeros((), bool)

@@ -1,0 +1,321 @@
+"""One training run: validate, open the run directory, dispatch to the agent's env loop, summarise.
+
+The env loops (`offpolicy.run`, `onpolicy.run`) own stepping, updating and checkpoint contents;
+`RunContext` gives them everything else a run needs (metrics, evaluation, checkpoints, progress,
+summary), so that every agent writes the same run directory.
+"""
+
+import dataclasses
+import importlib
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+import sparse_rl
+from sparse_rl import envs
+from sparse_rl.errors import ConfigError, check, check_choice
+from sparse_rl.sparsity import sparsity_summary
+from sparse_rl.train import checkpoint as ckpt
+from sparse_rl.train.metrics import MetricsWriter, TensorBoardWriter
+from sparse_rl.train.progress import Progress
+from sparse_rl.train.rundir import RunDir, write_json_atomic
+from sparse_rl.train.serialize import config_hash, to_jsonable
+
+AGENT_MODULES = {"dqn": "sparse_rl.agents.dqn", "sac": "sparse_rl.agents.sac", "ppo": "sparse_rl.agents.ppo"}
+LOOP_MODULES = {"offpolicy": "sparse_rl.train.offpolicy", "onpolicy": "sparse_rl.train.onpolicy"}
+
+BASE_COLUMNS = (
+    "step", "wall_time", "train_return", "train_episodes", "eval_return_mean", "eval_return_std",
+    "sparsity", "sps",
+)
+
+
+def agent_module(name: str):
+    check_choice(name, "agent", tuple(AGENT_MODULES))
+    return importlib.import_module(AGENT_MODULES[name])
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What a run is, apart from the agent's own settings."""
+
+    agent: str = "dqn"
+    """Agent: dqn, sac or ppo."""
+    env: str = "CartPole-v1"
+    """Environment id: classic control (CartPole-v1, ...), MuJoCo v5 (HalfCheetah-v5, ...) or ALE/<Game>-v5."""
+    steps: int = 50_000
+    """Environment steps to train for."""
+    seed: int = 0
+    """Random seed (networks, masks, environments, replay)."""
+    out: str | None = None
+    """Run directory; default runs/<agent>-<env>-<method>-<sparsity>-s<seed>."""
+    eval_every: int = 2_500
+    """Evaluate every this many environment steps (and at the end)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
+    log_every: int = 1_000
+    """Write a metrics row every this many environment steps."""
+    checkpoint_every: int = 10_000
+    """Checkpoint every this many environment steps (and at the end); 0 disables."""
+    keep_checkpoints: int = 2
+    """How many complete checkpoints to keep."""
+    resume: bool = False
+    """Continue the run in `out` from its last complete checkpoint."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files to <out>/tb."""
+    progress: bool | None = None
+    """Show a live progress line (default: only when stderr is a terminal)."""
+
+    def __post_init__(self):
+        check_choice(self.agent, "agent", tuple(AGENT_MODULES))
+        check(isinstance(self.env, str) and self.env != "", "env", "must be an environment id")
+        check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        check(self.eval_every > 0, "eval_every", f"must be > 0, got {self.eval_every}")
+        check(self.eval_episodes > 0, "eval_episodes", f"must be > 0, got {self.eval_episodes}")
+        check(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
+        check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+
+
+def default_out(run: RunConfig, agent_config) -> str:
+    sparsity = getattr(agent_config, "sparsity", None) or getattr(agent_config, "actor_sparsity", None)
+    method = sparsity.method if sparsity is not None else "dense"
+    level = "" if method == "dense" else f"-{sparsity.sparsity:g}"
+    env = run.env.replace("/", "_")
+    return str(Path("runs") / f"{run.agent}-{env}-{method}{level}-s{run.seed}")
+
+
+class RunContext:
+    """Everything an env loop needs besides its agent: metrics, evaluation, checkpoints, summary."""
+
+    def __init__(self, run: RunConfig, agent_config, rundir: RunDir, env_spec, agent, module):
+        self.run = run
+        self.agent_config = agent_config
+        self.rundir = rundir
+        self.env_spec = env_spec
+        self.agent = agent
+        self.module = module
+        self.progress = Progress(run.steps, enabled=run.progress, label=f"{run.agent} {run.env}")
+        self.tensorboard = TensorBoardWriter(str(rundir.path / "tb")) if run.tensorboard else None
+        self.metrics: MetricsWriter | None = None
+        self.eval_history: list[tuple[int, float, float]] = []
+        self.compile_seconds = 0.0
+        self.eval_seconds = 0.0
+        self._clock_start = time.perf_counter()
+        self.wall_offset = 0.0  # wall time already spent before a resume
+        self._sps_mark = (0, time.perf_counter())
+
+    # --- metrics -------------------------------------------------------------------------
+    def open_metrics(self, extra_columns, resume_step: int | None):
+        columns = list(BASE_COLUMNS) + [c for c in extra_columns if c not in BASE_COLUMNS]
+        self.metrics = MetricsWriter(self.rundir.path / "metrics.csv", columns)
+        self.metrics.truncate_after(-1 if resume_step is None else resume_step)
+        return columns
+
+    def wall_time(self) -> float:
+        return self.wall_offset + time.perf_counter() - self._clock_start
+
+    def sps(self, step: int) -> float:
+        last_step, last_time = self._sps_mark
+        now = time.perf_counter()
+        self._sps_mark = (step, now)
+        return (step - last_step) / max(now - last_time, 1e-9)
+
+    def reset_sps(self, step: int):
+        self._sps_mark = (step, time.perf_counter())
+
+    def log(self, row: dict):
+        row = {k: _to_float(v) for k, v in row.items()}
+        self.metrics.write(row)
+        if self.tensorboard is not None:
+            for name, value in row.items():
+                if name != "step" and value is not None and not math.isnan(value):
+                    self.tensorboard.scalar(name, value, int(row["step"]))
+
+    def network_sparsity(self, state) -> dict[str, float]:
+        """Measured sparsity per network and over all networks, from the actual parameters."""
+        out, zeros, total = {}, 0, 0
+        for name, (params, _) in self.agent.networks(state).items():
+            summary = sparsity_summary(params)
+            out[f"sparsity_{name}"] = summary["sparsity"]
+            zeros += summary["total"] - summary["nonzero"]
+            total += summary["total"]
+        out["sparsity"] = zeros / max(total, 1)
+        return out
+
+    # --- evaluation ----------------------------------------------------------------------
+    def evaluate(self, state, key, index: int) -> tuple[float, float]:
+        """Greedy-ish policy (the agent's evaluation mode) for `eval_episodes` episodes.
+
+        Each evaluation uses its own freshly seeded vector env, so it depends only on (seed,
+        index) and on the agent state: a resumed run evaluates exactly as an uninterrupted one.
+        """
+        started = time.perf_counter()
+        n = self.run.eval_episodes
+        seed = 1_000_003 * (self.run.seed + 1) + 7919 * index
+        env = envs.make_vector_env(self.run.env, n, seed)
+        try:
+            obs = env.reset()
+            returns = np.zeros(n)
+            done = np.zeros(n, bool)
+            t = 0
+            while not done.all():
+                action = np.asarray(self.eval_act(state, obs, jax.random.fold_in(key, t)))
+                obs, reward, terminated, truncated, _ = env.step(self.to_env_action(action))
+                returns += np.where(done, 0.0, reward)
+                done |= np.asarray(terminated) | np.asarray(truncated)
+                t += 1
+        finally:
+            env.close()
+        mean, std = float(returns.mean()), float(returns.std())
+        self.eval_history.append((index, mean, std))
+        self.eval_seconds += time.perf_counter() - started
+        return mean, std
+
+    def eval_act(self, state, obs, key):
+        return self.agent.act(state, obs, key, 0, evaluation=True)
+
+    def to_env_action(self, action):
+        return action
+
+    # --- checkpoints ---------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.rundir.path / "checkpoints"
+
+    def save_checkpoint(self, step: int, tree, extra_arrays: dict, counters: dict, state=None):
+        manifest = {
+            "config": self.config_dict(),
+            "config_hash": config_hash(self.config_dict()),
+            "counters": to_jsonable(counters),
+            "wall_time": self.wall_time(),
+            "eval_history": self.eval_history,
+        }
+        if state is not None:
+            manifest["masks"] = self.network_sparsity(state)
+        ckpt.save(self.checkpoint_dir, step, tree, manifest, keep=self.run.keep_checkpoints,
+                  extra_arrays=extra_arrays)
+
+    def load_checkpoint(self, like):
+        """(tree, extra_arrays, manifest) of the newest valid checkpoint, or None."""
+        result = ckpt.load_latest_valid(self.checkpoint_dir, like)
+        if result is None:
+            return None
+        tree, manifest, extra = result
+        if manifest.get("config_hash") != config_hash(self.config_dict()):
+            raise ConfigError("resume", "the checkpoint in this run directory was written with a different config")
+        self.wall_offset = float(manifest.get("wall_time", 0.0))
+        self._clock_start = time.perf_counter()
+        self.eval_history = [tuple(e) for e in manifest.get("eval_history", [])]
+        return tree, extra, manifest
+
+    def config_dict(self) -> dict:
+        return {"run": to_jsonable(self.run_for_hash()), "agent": to_jsonable(self.agent_config)}
+
+    def run_for_hash(self):
+        # Fields that may differ between an interrupted run and its resumption.
+        return dataclasses.replace(self.run, resume=False, progress=None, out=None, tensorboard=False)
+
+    # --- summary -------------------------------------------------------------------------
+    def write_summary(self, state, sps: float, extra: dict | None = None) -> dict:
+        evals = [mean for _, mean, _ in self.eval_history]
+        tail = max(1, int(math.ceil(0.1 * len(evals)))) if evals else 0
+        networks = {}
+        nonzero = total = 0
+        for name, (params, masks) in self.agent.networks(state).items():
+            summary = sparsity_summary(params, masks)
+            networks[name] = summary
+            nonzero += summary["nonzero"]
+            total += summary["total"]
+        summary = {
+            "agent": self.run.agent,
+            "env": self.run.env,
+            "seed": self.run.seed,
+            "steps": self.run.steps,
+            "method": _method(self.agent_config),
+            "target_sparsity": _target(self.agent_config),
+            "final_eval_return": float(np.mean(evals[-tail:])) if evals else None,
+            "eval_returns": evals,
+            "sparsity": 1.0 - nonzero / max(total, 1),
+            "nonzero_params": nonzero,
+            "total_params": total,
+            "networks": networks,
+            "steps_per_second": sps,
+            "compile_seconds": self.compile_seconds,
+            "wall_time": self.wall_time(),
+            "library_version": sparse_rl.__version__,
+            "jax_version": jax.__version__,
+            "device": str(jax.devices()[0].platform),
+        }
+        summary.update(extra or {})
+        write_json_atomic(self.rundir.path / "summary.json", summary)
+        return summary
+
+    def close(self):
+        self.progress.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _method(agent_config) -> str:
+    for field in ("sparsity", "actor_sparsity"):
+        if hasattr(agent_config, field):
+            return getattr(agent_config, field).method
+    return "dense"
+
+
+def _target(agent_config) -> float:
+    for field in ("sparsity", "actor_sparsity"):
+        if hasattr(agent_config, field):
+            cfg = getattr(agent_config, field)
+            return 0.0 if cfg.method == "dense" else float(cfg.sparsity)
+    return 0.0
+
+
+def _to_float(value):
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def timed_compile(ctx: RunContext, fn: Callable, *args, **kwargs):
+    """Call a jitted function once, adding its compile time to the run's compile seconds."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    jax.block_until_ready(out)
+    ctx.compile_seconds += time.perf_counter() - start
+    return out
+
+
+def train(run: RunConfig, agent_config=None) -> dict:
+    """Train one agent and return its summary. Writes the run directory described in the README."""
+    module = agent_module(run.agent)
+    env_spec = envs.env_spec(run.env)
+    if agent_config is None:
+        agent_config = module.PRESETS[module.default_preset(env_spec.family)]
+    agent = module.make(agent_config, env_spec, run.steps)
+    out = run.out or default_out(run, agent_config)
+    rundir = RunDir(out, resume=run.resume)
+    ctx = RunContext(run, agent_config, rundir, env_spec, agent, module)
+    try:
+        rundir.write_config(ctx.config_dict() | {"out": str(out), "library_version": sparse_rl.__version__})
+        loop = importlib.import_module(LOOP_MODULES[module.LOOP])
+        summary = loop.run(ctx)
+        rundir.mark_complete()
+        return summary
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # recorded for sweeps, then re-raised for the caller
+        rundir.mark_failed(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+        raise
+    finally:
+        ctx.close()
+        rundir.release()
