@@ -13,7 +13,7 @@ from typing import Annotated
 
 import tyro
 
-from sparse_rl.errors import ConfigError, check_choice
+from sparse_rl.errors import ConfigError, check_choice, through_parser
 
 COMMANDS = {
     "train": "sparse_rl.cli:train_main",
@@ -118,10 +118,11 @@ def build_train_args(argv):
         shortcuts=Shortcuts(preset=preset),
         config=module.PRESETS[preset],
     )
-    args = tyro.cli(
-        TrainArgs, default=default, args=argv, prog="sparse-rl train",
-        description="Train one sparse agent and write its run directory (config.json, metrics.csv, summary.json, checkpoints).",
-    )
+    with through_parser():
+        args = tyro.cli(
+            TrainArgs, default=default, args=argv, prog="sparse-rl train",
+            description="Train one sparse agent and write its run directory (config.json, metrics.csv, summary.json, checkpoints).",
+        )
     config = apply_shortcuts(module, pre.agent, preset, args.config, args.shortcuts)
     return args.run, config
 

@@ -32,3 +32,6 @@ class Agent(NamedTuple):
     # state -> {network name: (params, masks)}, e.g. {"q": ...} or {"actor": ..., "critic1": ...}.
     # Used for measured sparsity, analysis and checkpoint statistics.
     networks: Callable[[Any], dict[str, tuple[Any, Any]]]
+    # Optional `sparse_rl.analysis.gradient_flow.AnalysisHook` (dense gradients, forward functions
+    # and resolved sparsity configs per network) for the training-time analysis; None: no analysis.
+    analysis: Any = None

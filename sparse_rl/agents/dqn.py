@@ -16,6 +16,7 @@ import rlax
 from sparse_rl import nets
 from sparse_rl.agents import common
 from sparse_rl.agents.base import Agent
+from sparse_rl.analysis.gradient_flow import AnalysisHook
 from sparse_rl.errors import ConfigError, check, check_choice
 from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, sparse_init, sparsify
 
@@ -261,9 +262,21 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
     def networks(state):
         return {"q": (state.params, get_masks(state.opt_state))}
 
+    # --- analysis hook (sparse_rl.analysis: gradient flow, SNR, dormant neurons, topology) ------
+    def analysis_grads(state, batch):
+        """{"q": (dense gradient of the TD loss at the masked params, masks, params)}."""
+        grads = jax.grad(lambda p: loss_fn(p, state.target_params, batch)[0])(state.params)
+        return {"q": (grads, get_masks(state.opt_state), state.params)}
+
+    analysis = AnalysisHook(
+        grads=analysis_grads, forward={"q": lambda params, batch: network.apply(params, batch.obs)},
+        sparsity={"q": sparsity}, activation=config.activation if config.network == "mlp" else "relu",
+    )
+
     return Agent(
         init=jax.jit(init),
         act=jax.jit(act, static_argnames="evaluation"),
         update=jax.jit(update, donate_argnums=0),
         networks=networks,
+        analysis=analysis,
     )

@@ -82,7 +82,10 @@ def make_gym_env(env_id: str, *, max_episode_steps: int | None = None,
 
     s = atari_settings({**atari, "max_episode_steps": max_episode_steps})
     _register_ale()
-    env = gym.make(env_id, frameskip=1, repeat_action_probability=float(s["repeat_action_probability"]),
+    # frameskip=1: AtariPreprocessing skips (and max-pools); the episode limit is the TimeLimit
+    # below, in agent steps, so ALE's own frame limit is left off.
+    env = gym.make(env_id, frameskip=1,
+                   repeat_action_probability=float(s["repeat_action_probability"]),
                    full_action_space=s["full_action_space"], max_num_frames_per_episode=None,
                    disable_env_checker=True)
     env = gym.wrappers.AtariPreprocessing(

@@ -10,8 +10,8 @@ from sparse_rl.errors import ConfigError, check
 CLASSIC_IDS = ("CartPole-v1", "CartPole-v0", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1",
                "MountainCarContinuous-v0")
 MUJOCO_IDS = tuple(f"{name}-v5" for name in (
-    "HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid", "Swimmer", "Reacher", "InvertedPendulum",
-    "InvertedDoublePendulum", "Pusher", "HumanoidStandup"))
+    "HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid", "Swimmer", "Reacher",
+    "InvertedPendulum", "InvertedDoublePendulum", "Pusher", "HumanoidStandup"))
 _ATARI_RE = re.compile(r"^ALE/([A-Za-z0-9]+)-v5$")
 
 FAMILIES = ("classic", "mujoco", "atari")

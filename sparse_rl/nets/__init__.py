@@ -46,8 +46,8 @@ def make_torso(spec: str | Callable[..., Any], **kw) -> Callable:
 
 
 def count_params(params) -> int:
-    """Total number of scalars in a params pytree."""
-    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
+    """Total number of scalars in a params pytree (arrays or `jax.ShapeDtypeStruct`s)."""
+    return int(sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(params)))
 
 
 __all__ = ["MLP", "NatureCNN", "ImpalaResNet", "QHead", "NETWORKS", "make_torso", "count_params",

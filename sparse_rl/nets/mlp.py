@@ -36,7 +36,8 @@ def check_multiplier(width_multiplier: float) -> float:
     try:
         m = float(width_multiplier)
     except (TypeError, ValueError):
-        raise ConfigError("width_multiplier", f"not a number: {width_multiplier!r}", "> 0") from None
+        raise ConfigError("width_multiplier", f"not a number: {width_multiplier!r}",
+                          "> 0") from None
     check(m > 0 and m == m and m != float("inf"), "width_multiplier",
           f"must be a positive finite number, got {width_multiplier!r}", "> 0")
     return m

@@ -69,11 +69,10 @@ def leaf_plan(params, config: SparsityConfig):
     return treedef, infos
 
 
-def _erk(shapes, sparsity):
-    """ERK densities for a list of shapes at (possibly traced) overall `sparsity` -> [L] float32."""
-    n = jnp.asarray([math.prod(s) for s in shapes], jnp.float32)
-    r = jnp.asarray([sum(s) / math.prod(s) for s in shapes], jnp.float32)
-    num = len(shapes)
+@jax.jit
+def _erk(n, r, sparsity):
+    """ERK densities for layer sizes `n` and raw scores `r` ([L] arrays) at overall `sparsity`."""
+    num = n.shape[0]
     budget = (1.0 - sparsity) * jnp.sum(n)
     idx = jnp.arange(num)
 
@@ -89,8 +88,14 @@ def _erk(shapes, sparsity):
         over = jnp.any(~dense & (eps * r > 1.0))
         top = jnp.argmax(jnp.where(dense, -jnp.inf, r))
         dense = dense | (over & (idx == top))
-    density = jnp.where(dense, 1.0, jnp.clip(solve(dense) * r, 0.0, 1.0))
-    return density
+    return jnp.where(dense, 1.0, jnp.clip(solve(dense) * r, 0.0, 1.0))
+
+
+def erk_densities(shapes, sparsity):
+    """ERK densities for a list of kernel shapes at (possibly traced) overall `sparsity` -> [L]."""
+    n = np.asarray([math.prod(s) for s in shapes], np.float32)
+    r = np.asarray([sum(s) / math.prod(s) for s in shapes], np.float32)
+    return _erk(n, r, jnp.asarray(sparsity, jnp.float32))
 
 
 def target_sparsities(params, config: SparsityConfig, sparsity=None):
@@ -120,8 +125,8 @@ def target_sparsities(params, config: SparsityConfig, sparsity=None):
         elif config.distribution == "uniform":
             vals = [s] * len(budget)
         else:
-            density = _erk([infos[i].shape for i in budget], s)
-            vals = [jnp.clip(1.0 - density[j], 0.0, 1.0) for j in range(len(budget))]
+            sp = 1.0 - erk_densities([infos[i].shape for i in budget], s)
+            vals = [jnp.clip(sp[j], 0.0, 1.0) for j in range(len(budget))]
         for i, v in zip(budget, vals):
             out[i] = v
     return jax.tree_util.tree_unflatten(treedef, out)

@@ -25,6 +25,11 @@ def sparse_init(key, params, masks):
     taps count towards fan-in. Kernels whose mask is all True and leaves with ndim < 2 are
     returned unchanged (their own init, e.g. orthogonal, is kept). Masked entries come out 0.
     """
+    return _sparse_init(key, params, masks)
+
+
+@jax.jit
+def _sparse_init(key, params, masks):
     leaves, treedef = jax.tree_util.tree_flatten(params)
     mleaves = treedef.flatten_up_to(masks)
     keys = jax.random.split(key, max(1, len(leaves)))

@@ -6,6 +6,8 @@ never from a static top-k, so one program serves every sparsity level.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,27 +27,42 @@ def num_zeros(sparsity, n: int):
     return jnp.clip(z, 0, n).astype(jnp.int32)
 
 
-def _ranks(scores, key=None):
-    """Descending rank (0 = largest) of each entry of a flat array; ties broken randomly by `key`."""
-    scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
-    n = scores.shape[0]
-    tie = (jnp.arange(n, dtype=jnp.uint32) if key is None
-           else jax.random.bits(key, (n,), jnp.uint32))
-    order = jnp.lexsort((tie, -scores))
-    return jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+def _ranks(*keys):
+    """Ascending lexicographic rank of each position of equally shaped flat `keys` (unique ranks:
+    the position index is the last key)."""
+    n = keys[0].shape[0]
+    iota = jnp.arange(n, dtype=jnp.int32)
+    order = jax.lax.sort(tuple(keys) + (iota,), num_keys=len(keys) + 1)[-1]
+    return jnp.zeros((n,), jnp.int32).at[order].set(iota)
 
 
+def _score_key(scores):
+    s = jnp.ravel(scores).astype(jnp.float32)
+    return -jnp.where(jnp.isnan(s), -jnp.inf, s)  # ascending sort of -score = descending score
+
+
+def rank_topk(scores, k, tie=None):
+    """Keep exactly `k` largest `scores`; ties broken by the uint32 array `tie` (else by index)."""
+    keys = (_score_key(scores),) if tie is None else (_score_key(scores), jnp.ravel(tie))
+    return (_ranks(*keys) < k).reshape(jnp.shape(scores))
+
+
+@jax.jit
 def topk_mask(scores, k, key=None):
-    """Bool mask keeping exactly `k` (may be traced) largest entries of `scores` (any shape)."""
-    flat = jnp.ravel(scores).astype(jnp.float32)
-    return (_ranks(flat, key) < k).reshape(jnp.shape(scores))
+    """Bool mask keeping exactly `k` (may be traced) largest entries of `scores` (any shape).
+
+    Ties are broken at random when `key` is given, else by position.
+    """
+    tie = None if key is None else jax.random.bits(key, jnp.shape(scores), jnp.uint32)
+    return rank_topk(scores, k, tie)
 
 
 def random_mask(key, shape, zeros):
     """Bool mask of `shape` with exactly `zeros` (may be traced) False entries at random positions."""
     n = int(np.prod(shape)) if shape else 1
-    perm = jax.random.permutation(key, n)
-    return (perm >= zeros).reshape(shape)
+    # One sort of random bits (index breaks the rare equal draws): cheaper to compile than
+    # jax.random.permutation, exact count for any traced `zeros`.
+    return (_ranks(jax.random.bits(key, (n,), jnp.uint32)) >= zeros).reshape(shape)
 
 
 # --- N:M: groups of M consecutive entries along axis -2 (input axis of [.., in, out] kernels) ----
@@ -60,25 +77,32 @@ def _from_groups(y, shape):
     return jnp.moveaxis(y.reshape(moved), -1, -2)
 
 
-def nm_topk_mask(scores, k, m, key=None):
-    """Keep the `k` (may be traced) largest entries in every group of `m` along axis -2."""
-    shape = scores.shape
+def nm_rank_topk(scores, k, m, tie=None):
+    """Keep the `k` largest `scores` in every group of `m` along axis -2 (ties by `tie`, index)."""
+    shape = jnp.shape(scores)
     g = _to_groups(jnp.asarray(scores, jnp.float32), m)
     g = jnp.where(jnp.isnan(g), -jnp.inf, g)
-    tie = (jnp.zeros(g.shape, jnp.uint32) if key is None
-           else jax.random.bits(key, g.shape, jnp.uint32))
+    tie = jnp.zeros(g.shape, jnp.uint32) if tie is None else _to_groups(tie, m)
+    # Groups are tiny: rank by pairwise comparison instead of a sort.
     xi, xj = g[..., :, None], g[..., None, :]
     ti, tj = tie[..., :, None], tie[..., None, :]
     idx = jnp.arange(m)
     first = idx[None, :] < idx[:, None]  # j < i
     beats = (xj > xi) | ((xj == xi) & ((tj > ti) | ((tj == ti) & first)))
-    rank = jnp.sum(beats, axis=-1)
-    return _from_groups(rank < k, shape)
+    return _from_groups(jnp.sum(beats, axis=-1) < k, shape)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def nm_topk_mask(scores, k, m, key=None):
+    """Keep the `k` (may be traced) largest entries in every group of `m` along axis -2."""
+    tie = None if key is None else jax.random.bits(key, jnp.shape(scores), jnp.uint32)
+    return nm_rank_topk(scores, k, m, tie)
 
 
 def nm_random_mask(key, shape, n, m):
     """Exactly `n` True at random in every group of `m` along axis -2."""
-    return nm_topk_mask(jax.random.uniform(key, shape), n, m, key=None)
+    return nm_rank_topk(jnp.zeros(shape, jnp.float32), n, m,
+                        jax.random.bits(key, shape, jnp.uint32))
 
 
 # --- pytree-level ------------------------------------------------------------------------------
@@ -94,10 +118,15 @@ def masks_from_targets(key, params, config: SparsityConfig, targets):
         if not info.sparsified or config.method == "prune":
             out.append(jnp.ones(info.shape, bool))
         elif nm is not None:
-            out.append(nm_random_mask(k, info.shape, nm[0], nm[1]))
+            out.append(_nm_random_mask_jit(k, info.shape, nm[0], nm[1]))
         else:
-            out.append(random_mask(k, info.shape, num_zeros(t, info.size)))
+            out.append(_random_mask_jit(k, info.shape, num_zeros(t, info.size)))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# Per-leaf jits: compiled once per shape, reused across networks (eager dispatch is slow).
+_random_mask_jit = jax.jit(random_mask, static_argnums=(1,))
+_nm_random_mask_jit = jax.jit(nm_random_mask, static_argnums=(1, 2, 3))
 
 
 def init_masks(key, params, config: SparsityConfig, sparsity=None):
@@ -115,6 +144,11 @@ def magnitude_masks(params, sparsities, key=None):
 
     Leaves with ndim < 2 stay all True. Ties are broken at random when `key` is given.
     """
+    return _magnitude_masks(params, sparsities, key)
+
+
+@jax.jit
+def _magnitude_masks(params, sparsities, key):
     leaves, treedef = jax.tree_util.tree_flatten(params)
     sl = treedef.flatten_up_to(sparsities)
     keys = jax.random.split(key, max(1, len(leaves))) if key is not None else [None] * len(leaves)

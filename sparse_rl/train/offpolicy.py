@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_rl import envs
-from sparse_rl.replay import ReplayBuffer
+from sparse_rl.analysis.gradient_flow import make_recorder
+from sparse_rl.replay import ReplayBuffer, Transition
 from sparse_rl.train.runner import RunContext, timed_compile
 
 
@@ -31,6 +32,14 @@ def _join_state(arrays: dict, values: dict, prefix: str) -> dict:
     state = dict(values)
     state.update({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
     return state
+
+
+def _example_batch(obs_spec, action_spec, batch_size: int) -> Transition:
+    """Shapes and dtypes of a replay batch, for reading the update's metric names."""
+    obs = jax.ShapeDtypeStruct((batch_size, *obs_spec.shape), obs_spec.dtype)
+    scalar = jax.ShapeDtypeStruct((batch_size,), np.float32)
+    action = jax.ShapeDtypeStruct((batch_size, *action_spec.shape), action_spec.dtype)
+    return Transition(obs, action, scalar, scalar, obs)
 
 
 def _learning_starts(config, env_id: str) -> int:
@@ -75,11 +84,10 @@ def run(ctx: RunContext) -> dict:
 
     # Metric columns: the agent's update metrics (read from its output shapes, no compile) and
     # the per-network sparsities.
-    dummy_batch = replay.example_batch(config.batch_size) if hasattr(replay, "example_batch") else None
-    metric_names = []
-    if dummy_batch is not None:
-        _, metric_shapes = jax.eval_shape(agent.update, state, dummy_batch, update_key)
-        metric_names = sorted(metric_shapes)
+    _, metric_shapes = jax.eval_shape(
+        agent.update, state, _example_batch(obs_spec, action_spec, config.batch_size), update_key
+    )
+    metric_names = sorted(metric_shapes)
     extra_log = getattr(ctx.module, "extra_log", None)
     extra_names = sorted(extra_log(config, 0)) if extra_log else []
     network_names = [f"sparsity_{name}" for name in agent.networks(state)]
@@ -113,6 +121,10 @@ def run(ctx: RunContext) -> dict:
         ["train_episodes"] + metric_names + extra_names + network_names,
         start_step if restored is not None else None,
     )
+
+    # Training-time analysis (gradient flow, SNR, dormant neurons, topology) -> analysis.csv.
+    recorder = make_recorder(agent, state, ctx.rundir.path, every=getattr(run_cfg, "analysis_every", 0),
+                             resume_step=start_step if restored is not None else None, ctx=ctx)
 
     def save(step):
         replay_arrays, replay_values = _split_state(replay.state_dict(), "replay/")
@@ -155,12 +167,16 @@ def run(ctx: RunContext) -> dict:
         if step >= learning_starts and (step - learning_starts) % config.train_every == 0 and len(replay) >= config.batch_size:
             batch = replay.sample(config.batch_size, n_step=n_step, gamma=gamma) if n_step > 1 else replay.sample(config.batch_size)
             key = jax.random.fold_in(update_key, step)
+            if recorder is not None:
+                recorder.before_update(state, batch)
             if not compiled_update:
                 state, metrics = timed_compile(ctx, agent.update, state, batch, key)
                 compiled_update = True
             else:
                 state, metrics = agent.update(state, batch, key)
             last_metrics = metrics
+            if recorder is not None:
+                recorder.after_update(state, batch, step + 1)
 
         done = step + 1
         evaluated = done % run_cfg.eval_every == 0 or done == run_cfg.steps
@@ -187,4 +203,6 @@ def run(ctx: RunContext) -> dict:
     # Training throughput: evaluation and compilation are reported separately.
     elapsed = time.perf_counter() - loop_start - ctx.eval_seconds - (ctx.compile_seconds - compile_before)
     mean_sps = (run_cfg.steps - loop_start_step) / max(elapsed, 1e-9)
+    if recorder is not None:
+        recorder.close(loop_seconds=elapsed)
     return ctx.write_summary(state, mean_sps)

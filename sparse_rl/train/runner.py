@@ -70,6 +70,8 @@ class RunConfig:
     """Also write TensorBoard event files to <out>/tb."""
     progress: bool | None = None
     """Show a live progress line (default: only when stderr is a terminal)."""
+    analysis_every: int = 1000
+    """Write gradient-flow, dormant-neuron and topology statistics to <out>/analysis.csv every this many gradient steps (gradient SNR on every 10th such row; see sparse_rl.analysis); 0 disables."""
 
     def __post_init__(self):
         check_choice(self.agent, "agent", tuple(AGENT_MODULES))
@@ -80,6 +82,7 @@ class RunConfig:
         check(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
         check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        check(self.analysis_every >= 0, "analysis_every", f"must be >= 0, got {self.analysis_every}")
 
 
 def default_out(run: RunConfig, agent_config) -> str:
@@ -101,7 +104,7 @@ class RunContext:
         self.agent = agent
         self.module = module
         self.progress = Progress(run.steps, enabled=run.progress, label=f"{run.agent} {run.env}")
-        self.tensorboard = TensorBoardWriter(str(rundir.path / "tb")) if run.tensorboard else None
+        self.tensorboard: TensorBoardWriter | None = None
         self.metrics: MetricsWriter | None = None
         self.eval_history: list[tuple[int, float, float]] = []
         self.compile_seconds = 0.0
@@ -115,6 +118,8 @@ class RunContext:
         columns = list(BASE_COLUMNS) + [c for c in extra_columns if c not in BASE_COLUMNS]
         self.metrics = MetricsWriter(self.rundir.path / "metrics.csv", columns)
         self.metrics.truncate_after(-1 if resume_step is None else resume_step)
+        if self.run.tensorboard:
+            self.tensorboard = TensorBoardWriter(self.rundir.path / "tb", truncate_after=resume_step)
         return columns
 
     def wall_time(self) -> float:
@@ -133,9 +138,7 @@ class RunContext:
         row = {k: _to_float(v) for k, v in row.items()}
         self.metrics.write(row)
         if self.tensorboard is not None:
-            for name, value in row.items():
-                if name != "step" and value is not None and not math.isnan(value):
-                    self.tensorboard.scalar(name, value, int(row["step"]))
+            self.tensorboard.write(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
 
     def network_sparsity(self, state) -> dict[str, float]:
         """Measured sparsity per network and over all networks, from the actual parameters."""
@@ -206,7 +209,7 @@ class RunContext:
         result = ckpt.load_latest_valid(self.checkpoint_dir, like)
         if result is None:
             return None
-        tree, manifest, extra = result
+        tree, manifest, extra = result.tree, result.manifest, result.extra
         if manifest.get("config_hash") != config_hash(self.config_dict()):
             raise ConfigError("resume", "the checkpoint in this run directory was written with a different config")
         self.wall_offset = float(manifest.get("wall_time", 0.0))
@@ -278,8 +281,8 @@ def _target(agent_config) -> float:
 
 
 def _to_float(value):
-    if value is None:
-        return None
+    if value is None or isinstance(value, (int, np.integer)):
+        return value
     try:
         return float(value)
     except (TypeError, ValueError):

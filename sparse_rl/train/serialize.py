@@ -22,7 +22,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np

@@ -1,0 +1,59 @@
+"""Shared benchmark plumbing: run each measured configuration in a child process.
+
+A child of its own makes its peak resident memory (the worker reports its own `ru_maxrss`) and its
+compile time its own, and lets the peer library run from another interpreter when needed.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_worker(argv: list[str], python: str | None = None, env: dict | None = None) -> dict:
+    """Run a worker command; return the last JSON line it printed plus its wall time."""
+    cmd = [python or sys.executable, *argv]
+    child_env = dict(os.environ, **(env or {}))
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env)
+    out, err = proc.communicate()
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        return {"error": err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}",
+                "cmd": " ".join(cmd)}
+    line = [l for l in out.splitlines() if l.startswith("{")][-1]
+    result = json.loads(line)
+    result["process_seconds"] = elapsed
+    return result
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine() -> dict:
+    import jax
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "device": jax.devices()[0].device_kind,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path

@@ -1,0 +1,122 @@
+"""The Ray backend: the same sweep tasks as Ray tasks, on a local instance or a cluster.
+
+Each task (one cell, or a vectorized group of cells) is a Ray task with `num_cpus=cpus_per_run`
+(one by default) that calls `sparse_rl.sweep.local.execute_task` — the same code a local worker
+process runs, so run directories, skip/resume and failure records are identical. A task runs in a
+fresh worker process (`max_calls=1`: JAX starts clean, memory is returned after each run) and is not
+retried by Ray (`max_retries=0`): a failed run is recorded in its run directory and reported, and
+`--retry-failed` is how it is run again.
+
+Without `--ray-address` a private local instance is started bound to 127.0.0.1 with the dashboard
+off and `workers` CPUs (default: the number of cores). With an address, the driver connects to
+that cluster; the sweep directory must then be on a file system that every node mounts at the same
+path, and sparse_rl must be installed on every node.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+from sparse_rl.errors import ConfigError
+from sparse_rl.sweep.local import SweepProgress, execute_task, finalize_task, worker_env
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("backend", "ray is not installed",
+                          'pip install "sparse_rl[ray]" (or: pip install "ray[default]>=2.30,<3")') from None
+    return ray
+
+
+def _task(task: dict) -> list[dict]:  # runs inside a Ray worker
+    return execute_task(task)
+
+
+def start(address: str | None, workers: int, *, threads: int = 1) -> bool:
+    """Connect to `address` or start a private local instance; returns whether we started it."""
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        return False
+    env = {k: v for k, v in worker_env(threads).items()
+           if k in ("XLA_FLAGS", "PYTHONPATH", "XLA_PYTHON_CLIENT_PREALLOCATE", "OMP_NUM_THREADS",
+                    "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    ray.init(
+        address="local",                # never attach to some other cluster by accident
+        num_cpus=int(workers),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",   # bind to loopback only
+        object_store_memory=96 * 1024 * 1024,
+        runtime_env={"env_vars": env},
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    return True
+
+
+def run_ray(tasks: list[dict], out: str, *, address: str | None = None, cpus_per_run: float = 1.0,
+            workers: int | None = None, progress: SweepProgress | None = None,
+            poll: float = 0.5) -> list[dict]:
+    """Run `tasks` as Ray tasks; returns per-cell results like `run_local`."""
+    ray = _ray()
+    workers = int(workers or os.cpu_count() or 1)
+    threads = max(1, math.ceil(cpus_per_run))
+    started = start(address, workers, threads=threads)
+    remote = ray.remote(num_cpus=cpus_per_run, max_calls=1, max_retries=0)(_task)
+    if address:  # a cluster: the thread limits travel with each task
+        env = {k: v for k, v in worker_env(threads, base={}).items() if k != "PYTHONPATH"}
+        remote = remote.options(runtime_env={"env_vars": env})
+    since = time.time()
+    refs = {remote.remote(task): task for task in tasks}
+    results: list[dict] = []
+    try:
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=poll)
+            for ref in ready:
+                task = refs[ref]
+                try:
+                    ray.get(ref)
+                    error = None
+                except ray.exceptions.RayError as e:  # worker crashed, task cancelled, ...
+                    error = f"Ray task failed: {type(e).__name__}: {e}"
+                for r in finalize_task(task, 1 if error else 0, None, error):
+                    results.append(r)
+                    if progress:
+                        progress.cell_done(r["id"], r["status"], r["error"])
+            if progress:
+                progress.update(_started_ids([refs[r] for r in pending], since))
+    except KeyboardInterrupt:
+        for ref in refs:
+            try:
+                ray.cancel(ref)  # KeyboardInterrupt in the worker: its run stays resumable
+            except Exception:
+                pass
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    return results
+
+
+def _started_ids(tasks: list[dict], since: float) -> set:
+    """Cells of unfinished tasks whose run directory was written since the sweep started: what Ray
+    is running, as far as the (shared) file system tells."""
+    out = set()
+    for task in tasks:
+        for cell in task["cells"]:
+            for name in ("metrics.csv", "config.json"):
+                try:
+                    if os.stat(Path(cell["path"]) / name).st_mtime >= since - 1:
+                        out.add(cell["id"])
+                        break
+                except OSError:
+                    pass
+    return out

@@ -1,0 +1,322 @@
+"""sparse_rl.analysis: gradient-flow statistics, SNR, topology dynamics, dormant neurons, recorder."""
+
+import collections
+import dataclasses
+import json
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sparse_rl.analysis import gradient_flow as gf
+from sparse_rl.analysis import topology as topo
+from sparse_rl.sparsity import (SparsityConfig, apply_masks, get_masks, is_update_step, leaf_paths,
+                                sparsify)
+
+
+def tiny_mlp(widths=(6, 5), out=3):
+    def f(x):
+        h = x
+        for i, w in enumerate(widths):
+            h = jax.nn.relu(hk.Linear(w, name=f"linear_{i}")(h))
+        return hk.Linear(out, name="head")(h)
+
+    return hk.without_apply_rng(hk.transform(f))
+
+
+def tree_like(params, seed, scale=1.0):
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_unflatten(
+        treedef, [rng.normal(size=np.shape(x)).astype(np.float32) * scale for x in leaves])
+
+
+def random_masks(params, seed, density=0.5):
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(
+        lambda p: rng.random(np.shape(p)) < density if np.ndim(p) >= 2 else np.ones(np.shape(p), bool),
+        params)
+
+
+@pytest.fixture(scope="module")
+def net():
+    network = tiny_mlp()
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+    return network, params
+
+
+# --- gradient flow --------------------------------------------------------------------------------
+
+def test_norms_equal_direct_computation(net):
+    _, params = net
+    grads, masks, init = tree_like(params, 1), random_masks(params, 2), tree_like(params, 3)
+    paths = jax.tree_util.tree_leaves(leaf_paths(params))
+    P, G, M, I = (jax.tree_util.tree_leaves(t) for t in (params, grads, masks, init))
+    for stats in (gf.gradient_flow_stats(grads, masks, params, init),            # numpy
+                  jax.jit(gf.gradient_flow_stats)(grads, masks, params, init)):  # JAX
+        kernels = [p for p, x in zip(paths, P) if np.ndim(x) >= 2]
+        assert sorted(stats["layers"]) == sorted(kernels)
+        for path, p, g, m, i in zip(paths, P, G, M, I):
+            if np.ndim(p) < 2:
+                continue
+            s = stats["layers"][path]
+            np.testing.assert_allclose(s["dense_grad_norm"], np.linalg.norm(g), rtol=1e-5)
+            np.testing.assert_allclose(s["masked_grad_norm"], np.linalg.norm(g * m), rtol=1e-5)
+            np.testing.assert_allclose(s["weight_norm"], np.linalg.norm(np.asarray(p)), rtol=1e-5)
+            np.testing.assert_allclose(s["dist_from_init"], np.linalg.norm(np.asarray(p) - i), rtol=1e-5)
+        flat = lambda ts: np.concatenate([np.ravel(np.asarray(t)) for t in ts])  # noqa: E731
+        np.testing.assert_allclose(stats["total"]["dense_grad_norm"], np.linalg.norm(flat(G)), rtol=1e-5)
+        np.testing.assert_allclose(stats["total"]["masked_grad_norm"],
+                                   np.linalg.norm(flat(G) * flat(M)), rtol=1e-5)
+    norms = gf.layer_norms(params)
+    assert set(norms) == set(paths) | {"total"}
+    np.testing.assert_allclose(norms["total"], np.linalg.norm(flat(P)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_masked_norm_at_most_dense_norm(net, seed):
+    _, params = net
+    stats = gf.gradient_flow_stats(tree_like(params, seed), random_masks(params, 10 + seed, 0.3), params)
+    for s in list(stats["layers"].values()) + [stats["total"]]:
+        assert s["masked_grad_norm"] <= s["dense_grad_norm"] + 1e-6
+    assert "dist_from_init" not in stats["total"]
+
+
+def test_per_sample_grads_match_single_item_grads(net):
+    network, params = net
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    y = np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32)
+
+    def loss(p, batch):
+        xb, yb = batch
+        return jnp.mean((network.apply(p, xb) - yb) ** 2)
+
+    per = gf.per_sample_grads(loss, params, (x, y))
+    for i in range(5):
+        single = jax.grad(loss)(params, (x[i:i + 1], y[i:i + 1]))
+        for a, b in zip(jax.tree_util.tree_leaves(per), jax.tree_util.tree_leaves(single)):
+            np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7)
+
+
+def test_snr_identical_samples_large_and_noise_small(net):
+    _, params = net
+    g = tree_like(params, 0)
+    identical = jax.tree_util.tree_map(lambda x: np.repeat(x[None], 64, axis=0), g)
+    for snr in (gf.gradient_snr(identical), jax.jit(gf.gradient_snr)(identical)):
+        assert float(snr["total"]["median"]) > 1e6
+        assert all(float(s["mean"]) > 1e6 for s in snr["layers"].values())
+    rng = np.random.default_rng(1)
+    noise = jax.tree_util.tree_map(lambda x: rng.normal(size=(256,) + np.shape(x)).astype(np.float32), g)
+    snr = gf.gradient_snr(noise)
+    # |mean| / std of 256 standard normals is about |N(0, 1/256)|: mean ~ 0.05
+    assert float(snr["total"]["mean"]) < 0.2 and float(snr["total"]["median"]) < 0.2
+
+
+def test_snr_counts_only_active_parameters(net):
+    _, params = net
+    rng = np.random.default_rng(2)
+    masks = random_masks(params, 3)
+    # active entries: pure noise (small SNR); inactive ones: identical samples (huge SNR)
+    per = jax.tree_util.tree_map(
+        lambda p, m: np.where(m[None], rng.normal(size=(128,) + np.shape(p)), 1.0).astype(np.float32),
+        params, masks)
+    masked, unmasked = gf.gradient_snr(per, masks), gf.gradient_snr(per)
+    assert float(masked["total"]["mean"]) < 0.3
+    assert float(unmasked["total"]["mean"]) > 1e6
+    jitted = jax.jit(gf.gradient_snr)(per, masks)
+    np.testing.assert_allclose(jitted["total"]["median"], masked["total"]["median"], rtol=1e-4)
+
+
+def test_topology_update_effect(net):
+    _, params = net
+    g = tree_like(params, 5)
+    old = random_masks(params, 6)
+    new = random_masks(params, 7)
+    e = gf.topology_update_effect(params, old, params, new, g)
+    path = "linear_1/w"
+    o, n = np.asarray(old[ "linear_1"]["w"]), np.asarray(new["linear_1"]["w"])
+    gl = g["linear_1"]["w"]
+    np.testing.assert_allclose(e["layers"][path]["churn"], np.sum(n & ~o) / np.sum(n), rtol=1e-6)
+    np.testing.assert_allclose(e["layers"][path]["sparsity"], 1 - n.mean(), rtol=1e-6)
+    np.testing.assert_allclose(e["layers"][path]["masked_grad_norm_before"], np.linalg.norm(gl * o), rtol=1e-5)
+    np.testing.assert_allclose(e["layers"][path]["masked_grad_norm_after"], np.linalg.norm(gl * n), rtol=1e-5)
+    same = gf.topology_update_effect(params, old, params, old, g)
+    assert float(same["total"]["churn"]) == 0.0
+    jitted = jax.jit(gf.topology_update_effect)(params, old, params, new, g)
+    np.testing.assert_allclose(jitted["total"]["churn"], e["total"]["churn"], rtol=1e-6)
+
+
+def test_flatten_and_should_record():
+    stats = {"layers": {"a/w": {"x": 1.0}}, "total": {"x": 2.0}}
+    assert gf.flatten_stats("gf/q", stats) == {"gf/q/a/w/x": 1.0, "gf/q/total/x": 2.0}
+    assert gf.should_record(2000, 1000) and not gf.should_record(1500, 1000)
+    assert not gf.should_record(1000, 0)
+
+
+@pytest.mark.parametrize("cfg", [
+    SparsityConfig(method="prune", sparsity=0.9, update_every=7, start_step=10, end_step=60),
+    SparsityConfig(method="rigl", sparsity=0.9, update_every=5, end_step=40),
+    SparsityConfig(method="set", sparsity=0.9, update_every=3, end_step=20),
+    SparsityConfig(method="static", sparsity=0.9),
+])
+def test_python_update_predicate_matches_core(cfg):
+    steps = jnp.arange(100)
+    core = np.asarray(jax.vmap(lambda t: is_update_step(t, cfg))(steps))
+    assert [gf.is_update_step_py(int(t), cfg) for t in range(100)] == core.tolist()
+
+
+# --- topology ---------------------------------------------------------------------------------------
+
+def churn_series(method, steps=12, end_step=6):
+    network = tiny_mlp((16, 16))
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+    cfg = SparsityConfig(method=method, sparsity=0.7, update_every=2, drop_fraction=0.5,
+                         end_step=end_step, distribution="uniform")
+    tx = sparsify(optax.sgd(0.1), cfg, key=jax.random.PRNGKey(1))
+    state = tx.init(params)
+    params = apply_masks(params, get_masks(state))
+    x = jax.random.normal(jax.random.PRNGKey(2), (32, 4))
+    loss = lambda p: jnp.mean(network.apply(p, x) ** 2)  # noqa: E731
+    ever = get_masks(state)
+    out = []
+    for t in range(steps):
+        old = get_masks(state)
+        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+        stats, ever = topo.topology_stats(old, get_masks(state), ever)
+        out.append((t, float(stats["total"]["churn"]), float(stats["total"]["ever_active"]),
+                    float(stats["total"]["sparsity"])))
+    return out
+
+
+def test_churn_zero_for_static():
+    series = churn_series("static")
+    assert all(c == 0.0 for _, c, _, _ in series)
+    assert all(abs(s - 0.7) < 0.02 for _, _, _, s in series)
+
+
+@pytest.mark.parametrize("method", ["set", "rigl"])
+def test_churn_positive_before_end_step_zero_after(method):
+    series = churn_series(method)
+    during = [c for t, c, _, _ in series if t % 2 == 0 and t < 6]
+    after = [c for t, c, _, _ in series if t > 6 or t % 2 == 1]
+    assert during and all(c > 0 for c in during)
+    assert all(c == 0.0 for c in after)
+    ever = [e for _, _, e, _ in series]
+    assert all(b >= a for a, b in zip(ever, ever[1:])) and ever[-1] > 0.3 + 1e-6
+
+
+def test_dormant_ratio_hand_built_network():
+    # neuron 0: w=+1 (active, |h| ~ 1); neuron 1: w=-1 (ReLU of a negative input: 0, dormant at
+    # tau 0); neuron 2: w=+0.01 (fires, but its score 0.01/mean ~ 0.02 <= 0.025).
+    def f(x):
+        h = jax.nn.relu(hk.Linear(3, name="hidden")(x))
+        return hk.Linear(1, name="out")(h)
+
+    net = hk.without_apply_rng(hk.transform(f))
+    params = {"hidden": {"w": jnp.array([[1.0, -1.0, 0.01]]), "b": jnp.zeros(3)},
+              "out": {"w": jnp.ones((3, 1)), "b": jnp.zeros(1)}}
+    x = jnp.linspace(0.5, 1.5, 20)[:, None]
+    acts = topo.capture_activations(net.apply, params, x)
+    assert list(acts) == ["hidden"]  # the output layer is left out
+    scores = np.asarray(topo.neuron_scores(acts["hidden"]))
+    np.testing.assert_allclose(scores, np.array([1.0, 0.0, 0.01]) / (1.01 / 3), rtol=1e-5)
+    assert float(topo.dormant_ratio(acts["hidden"], 0.0)) == pytest.approx(1 / 3)
+    assert float(topo.dormant_ratio(acts["hidden"], 0.025)) == pytest.approx(2 / 3)
+    stats = jax.jit(lambda p, x: topo.dormant_stats(topo.capture_activations(net.apply, p, x)))(params, x)
+    assert float(stats["total"]["tau0"]) == pytest.approx(1 / 3)
+    assert float(stats["layers"]["hidden"]["tau0.025"]) == pytest.approx(2 / 3)
+    with_out = topo.capture_activations(net.apply, params, x, include_output=True)
+    assert list(with_out) == ["hidden", "out"]
+
+
+def test_fan_in_and_dead_units():
+    m = np.zeros((4, 3), bool)
+    m[:, 0] = True
+    m[1, 1] = True
+    masks = {"l": {"w": m, "b": np.ones(3, bool)}}
+    assert topo.fan_in(masks)["l/w"].tolist() == [4, 1, 0]
+    assert topo.dead_units(masks)["l/w"] == {"units": 3, "dead": 1, "dead_fraction": 1 / 3}
+
+
+# --- the recorder with a real agent ---------------------------------------------------------------
+
+Batch = collections.namedtuple("Batch", "obs action reward discount next_obs")
+
+
+def fake_batch(rng, n=16):
+    return Batch(rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 2, n).astype(np.int32),
+                 rng.normal(size=n).astype(np.float32), np.ones(n, np.float32),
+                 rng.normal(size=(n, 4)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def dqn_agent():
+    from sparse_rl import envs
+    from sparse_rl.agents import dqn
+
+    cfg = dataclasses.replace(
+        dqn.PRESETS["classic"], widths=(16, 16), batch_size=16, learning_starts=0,
+        sparsity=SparsityConfig(method="rigl", sparsity=0.8, update_every=10),
+        schedule_start_fraction=None, schedule_end_fraction=None)
+    cfg = dataclasses.replace(cfg, sparsity=dataclasses.replace(cfg.sparsity, end_step=30))
+    return dqn.make(cfg, envs.env_spec("CartPole-v1"), 100)
+
+
+def drive(agent, recorder, state, steps, start=0, seed=0):
+    rng = np.random.default_rng(seed)
+    for i in range(start, start + steps):
+        b = fake_batch(rng)
+        recorder.before_update(state, b)
+        state, _ = agent.update(state, b, jax.random.PRNGKey(i))
+        recorder.after_update(state, b, i + 1)
+    return state
+
+
+def test_recorder_writes_rows_and_resumes(tmp_path, dqn_agent):
+    from sparse_rl.train.metrics import read_metrics
+
+    agent = dqn_agent
+    state = agent.init(jax.random.PRNGKey(0))
+    rec = gf.make_recorder(agent, state, tmp_path, every=20, snr_every=2)
+    state = drive(agent, rec, state, 45)
+    meta = rec.close(loop_seconds=10.0)
+    assert meta["records"] == {"periodic": 2, "snr": 1, "topology": 4}  # updates at 0, 10, 20, 30
+    assert (tmp_path / "init_params.npz").exists() and (tmp_path / "ever_active.npz").exists()
+    assert json.loads((tmp_path / "analysis.json").read_text())["every"] == 20
+    m = read_metrics(tmp_path / "analysis.csv")
+    assert m["event"].tolist() == ["topology", "topology", "topology", "periodic", "topology", "periodic"]
+    assert m["grad_step"].tolist() == [0, 10, 20, 20, 30, 40]
+    periodic = m["event"] == "periodic"
+    topology = m["event"] == "topology"
+    for col in ("gf/q/total/dense_grad_norm", "gf/q/mlp/~/linear_0/w/dist_from_init",
+                "dormant/q/total/tau0.025", "dormant/q/mlp/~/linear_1/tau0"):
+        assert np.all(np.isfinite(m[col][periodic])), col
+    assert np.all(m["gf/q/total/masked_grad_norm"][periodic] <= m["gf/q/total/dense_grad_norm"][periodic])
+    snr = m["snr/q/total/median"][periodic]
+    assert np.isfinite(snr[0]) and np.isnan(snr[1])  # SNR on the 1st, 3rd, ... periodic row
+    churn = m["topo/q/total/churn"][topology]
+    assert np.all(churn[:3] > 0) and churn[3] == 0.0  # the drop fraction decays to 0 at end_step
+    ever = m["topo/q/total/ever_active"][topology]
+    assert np.all(np.diff(ever) >= 0) and ever[-1] > 0.2 + 1e-6
+    np.testing.assert_allclose(m["topo/q/total/sparsity"][topology], 0.8, atol=0.02)
+
+    # resume from "step 25": later rows are dropped, init params and ever-active are read back
+    rec2 = gf.make_recorder(agent, state, tmp_path, every=20, snr_every=2, resume_step=25)
+    assert rec2.grad_step == 45
+    np.testing.assert_array_equal(rec2.init_params["q"]["q_head/~/linear"]["w"],
+                                  rec.init_params["q"]["q_head/~/linear"]["w"])
+    drive(agent, rec2, state, 20, start=45, seed=1)
+    rec2.close()
+    m2 = read_metrics(tmp_path / "analysis.csv")
+    assert m2["step"].tolist() == [1, 11, 21, 21, 60]
+    assert m2["grad_step"].tolist() == [0, 10, 20, 20, 60]
+
+
+def test_recorder_off_without_hook_or_interval(tmp_path, dqn_agent):
+    state = dqn_agent.init(jax.random.PRNGKey(0))
+    assert gf.make_recorder(dqn_agent, state, tmp_path, every=0) is None
+    assert gf.make_recorder(dqn_agent._replace(analysis=None), state, tmp_path, every=10) is None
