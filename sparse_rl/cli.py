@@ -13,7 +13,7 @@ from typing import Annotated
 
 import tyro
 
-from sparse_rl.errors import ConfigError, check_choice, through_parser
+from sparse_rl.errors import ConfigError, NumericalError, check_choice, through_parser
 
 COMMANDS = {
     "train": "sparse_rl.cli:train_main",
@@ -161,6 +161,9 @@ def main(argv=None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except NumericalError as error:  # issue 7: a diverged run is not a usage error -> status 1
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: the run can be continued with --resume", file=sys.stderr)
         return 130

@@ -180,13 +180,19 @@ def churn_series(method, steps=12, end_step=6):
     params = apply_masks(params, get_masks(state))
     x = jax.random.normal(jax.random.PRNGKey(2), (32, 4))
     loss = lambda p: jnp.mean(network.apply(p, x) ** 2)  # noqa: E731
-    ever = get_masks(state)
-    out = []
-    for t in range(steps):
+
+    @jax.jit
+    def step(params, state, ever):
         old = get_masks(state)
         updates, state = tx.update(jax.grad(loss)(params), state, params)
         params = optax.apply_updates(params, updates)
         stats, ever = topo.topology_stats(old, get_masks(state), ever)
+        return params, state, ever, stats
+
+    ever = get_masks(state)
+    out = []
+    for t in range(steps):
+        params, state, ever, stats = step(params, state, ever)
         out.append((t, float(stats["total"]["churn"]), float(stats["total"]["ever_active"]),
                     float(stats["total"]["sparsity"])))
     return out
@@ -211,19 +217,19 @@ def test_churn_positive_before_end_step_zero_after(method):
 
 def test_dormant_ratio_hand_built_network():
     # neuron 0: w=+1 (active, |h| ~ 1); neuron 1: w=-1 (ReLU of a negative input: 0, dormant at
-    # tau 0); neuron 2: w=+0.01 (fires, but its score 0.01/mean ~ 0.02 <= 0.025).
+    # tau 0); neuron 2: w=+0.005 (fires, but its score 0.005 / (1.005 / 3) ~ 0.015 <= 0.025).
     def f(x):
         h = jax.nn.relu(hk.Linear(3, name="hidden")(x))
         return hk.Linear(1, name="out")(h)
 
     net = hk.without_apply_rng(hk.transform(f))
-    params = {"hidden": {"w": jnp.array([[1.0, -1.0, 0.01]]), "b": jnp.zeros(3)},
+    params = {"hidden": {"w": jnp.array([[1.0, -1.0, 0.005]]), "b": jnp.zeros(3)},
               "out": {"w": jnp.ones((3, 1)), "b": jnp.zeros(1)}}
     x = jnp.linspace(0.5, 1.5, 20)[:, None]
     acts = topo.capture_activations(net.apply, params, x)
     assert list(acts) == ["hidden"]  # the output layer is left out
     scores = np.asarray(topo.neuron_scores(acts["hidden"]))
-    np.testing.assert_allclose(scores, np.array([1.0, 0.0, 0.01]) / (1.01 / 3), rtol=1e-5)
+    np.testing.assert_allclose(scores, np.array([1.0, 0.0, 0.005]) / (1.005 / 3), rtol=1e-5)
     assert float(topo.dormant_ratio(acts["hidden"], 0.0)) == pytest.approx(1 / 3)
     assert float(topo.dormant_ratio(acts["hidden"], 0.025)) == pytest.approx(2 / 3)
     stats = jax.jit(lambda p, x: topo.dormant_stats(topo.capture_activations(net.apply, p, x)))(params, x)
@@ -288,8 +294,11 @@ def test_recorder_writes_rows_and_resumes(tmp_path, dqn_agent):
     assert (tmp_path / "init_params.npz").exists() and (tmp_path / "ever_active.npz").exists()
     assert json.loads((tmp_path / "analysis.json").read_text())["every"] == 20
     m = read_metrics(tmp_path / "analysis.csv")
-    assert m["event"].tolist() == ["topology", "topology", "topology", "periodic", "topology", "periodic"]
+    # topology rows carry the step count the update ran at (sparsify's pre-increment count);
+    # periodic rows the count after the update call
+    assert m["event"].tolist() == ["topology", "topology", "periodic", "topology", "topology", "periodic"]
     assert m["grad_step"].tolist() == [0, 10, 20, 20, 30, 40]
+    assert m["step"].tolist() == [1, 11, 20, 21, 31, 40]
     periodic = m["event"] == "periodic"
     topology = m["event"] == "topology"
     for col in ("gf/q/total/dense_grad_norm", "gf/q/mlp/~/linear_0/w/dist_from_init",
@@ -312,7 +321,7 @@ def test_recorder_writes_rows_and_resumes(tmp_path, dqn_agent):
     drive(agent, rec2, state, 20, start=45, seed=1)
     rec2.close()
     m2 = read_metrics(tmp_path / "analysis.csv")
-    assert m2["step"].tolist() == [1, 11, 21, 21, 60]
+    assert m2["step"].tolist() == [1, 11, 20, 21, 60]
     assert m2["grad_step"].tolist() == [0, 10, 20, 20, 60]
 
 

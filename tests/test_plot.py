@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -94,10 +96,13 @@ def make_sweep(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def plotted(tmp_path_factory):
+    """The fake sweep plotted once: (sweep dir, plots dir, printed output)."""
     root = make_sweep(tmp_path_factory.mktemp("sweep"))
-    code = plot_main([str(root), "--reps", "300"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = plot_main([str(root), "--reps", "300"])
     assert code == 0
-    return root, root / "plots"
+    return root, root / "plots", printed.getvalue()
 
 
 def _expected_mean(env, method, sparsity):
@@ -213,7 +218,7 @@ def test_dense_normalisation():
 # ----------------------------------------------------------------------------- end to end (fake sweep)
 
 def test_plot_writes_figures(plotted):
-    _, out = plotted
+    _, out, _ = plotted
     stems = ["curves_dqn_s0.5", "curves_dqn_s0.9", "sparsity_dqn", "params_dqn", "iqm_dqn",
              "intervals_dqn_s0.9", "profiles_dqn_s0.9", "poi_dqn_s0.5"]
     for stem in stems:
@@ -225,7 +230,7 @@ def test_plot_writes_figures(plotted):
 
 
 def test_results_md_and_csv_equal_summary_means(plotted):
-    root, out = plotted
+    root, out, _ = plotted
     text = (out / "results.md").read_text()
     row = re.compile(r"^\| dqn \| (\S+) \| (\S+) \| (\S+) \| [\d,]* \| (-?[\d.]+) \| "
                      r"\[(-?[\d.]+), (-?[\d.]+)\] \| (\d+) \|$")
@@ -267,14 +272,12 @@ def test_results_md_and_csv_equal_summary_means(plotted):
     assert float(agg[("rigl", 0.9, "IQM")]["value"]) == pytest.approx(0.85, abs=0.03)
 
 
-def test_plot_prints_missing(tmp_path, capsys):
-    root = make_sweep(tmp_path)
-    assert plot_main([str(root), "--reps", "50", "--formats", "png", "--out", str(tmp_path / "o")]) == 0
-    printed = capsys.readouterr().out
+def test_plot_prints_missing(plotted):
+    _, _, printed = plotted
     lines = [l for l in printed.splitlines() if l.startswith("  ")]
-    assert len(lines) == 3
+    assert sorted(l.split(":")[0].strip() for l in lines) == ["failed", "incomplete", "missing"]
     assert "3 cell(s) without a final score" in printed
-    assert not list((tmp_path / "o").glob("*.pdf")) and list((tmp_path / "o").glob("*.png"))
+    assert "44 runs in" in printed and "42 complete, 1 failed, 1 incomplete" in printed
 
 
 def test_single_method_and_no_dense(tmp_path, capsys):
@@ -287,6 +290,7 @@ def test_single_method_and_no_dense(tmp_path, capsys):
     assert (out / "curves_dqn.png").stat().st_size > 1000
     assert (out / "sparsity_dqn.png").is_file()
     assert not list(out.glob("iqm_*"))
+    assert not list(out.glob("*.pdf"))
     assert "no complete dense runs" in capsys.readouterr().out
 
 

@@ -161,7 +161,8 @@ def test_vmap_over_sparsity_and_keys_matches_unbatched():
         # The traced level matches the Python-float config path.
         t = target_sparsities(PARAMS, SparsityConfig(method="rigl", sparsity=s))
         for k in PARAMS:
-            assert int((~np.asarray(m[k]["w"])).sum()) == int(num_zeros(t[k]["w"], PARAMS[k]["w"].size))
+            want = int(num_zeros(t[k]["w"], PARAMS[k]["w"].size))
+            assert int((~np.asarray(m[k]["w"])).sum()) == want
 
 
 def test_get_masks_nested_and_extra_args():
@@ -199,7 +200,8 @@ def test_bad_update_inputs():
     with pytest.raises(ConfigError, match="^masks:"):
         tx.update(g, bad, PARAMS)
     with pytest.raises(ConfigError, match="^overrides:"):
-        sparsify(optax.sgd(0.1), SparsityConfig(method="set", overrides=[("conv", 0.5)])).init(PARAMS)
+        bad_cfg = SparsityConfig(method="set", overrides=[("conv", 0.5)])
+        sparsify(optax.sgd(0.1), bad_cfg).init(PARAMS)
     with pytest.raises(ConfigError, match="^sparsity:"):
         sparsify(optax.sgd(0.1), cfg, sparsity=1.0).init(PARAMS)
 

@@ -17,7 +17,7 @@ from sparse_rl import nets
 from sparse_rl.agents import common
 from sparse_rl.agents.base import Agent
 from sparse_rl.analysis.gradient_flow import AnalysisHook
-from sparse_rl.errors import ConfigError, check, check_choice
+from sparse_rl.errors import ConfigError, check, check_choice, check_fields
 from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, sparse_init, sparsify
 
 LOOP = "offpolicy"
@@ -84,10 +84,12 @@ class Config:
     """Which paper table supplies weight_decay when it is None: classic or atari."""
 
     def __post_init__(self):
+        check_fields(self, skip=("network",))  # issue 7: wrong types -> ConfigError naming the field
         if not callable(self.network):
             check_choice(self.network, "network", tuple(nets.NETWORKS))
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         check(len(self.widths) > 0 and all(w > 0 for w in self.widths), "widths", "must be positive integers")
+        nets.get_activation(self.activation)  # issue 7: was only refused when the network was built
         check(self.width_multiplier > 0, "width_multiplier", f"must be > 0, got {self.width_multiplier}")
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         check(self.adam_eps > 0, "adam_eps", f"must be > 0, got {self.adam_eps}")

@@ -54,7 +54,7 @@ class SparsityConfig:
     start_step, end_step: mask-update schedule (prune: cubic window start->end; SET/RigL: updates
     every `update_every` steps up to `end_step`, cosine-decayed drop fraction).
     dense: regexes (re.search on "mod/~/linear_0/w" style paths) of kernels kept dense.
-    overrides: (regex, sparsity) pairs giving matched kernels a fixed sparsity outside the ERK budget.
+    overrides: (regex, sparsity) pairs: matched kernels get that sparsity, outside the ERK budget.
     sparse_init: callers should re-initialise surviving weights with `sparse_init`.
     structure: "unstructured" or "N:M" (static/prune only; sparsity must equal 1 - N/M).
     """

@@ -57,8 +57,9 @@ def leaf_plan(params, config: SparsityConfig):
                     break
         infos.append(LeafInfo(path, shape, role, ov))
     for (pat, _), u in zip(config.overrides, used):
+        example = repr(infos[0].path) if infos else "'mlp/~/linear_0/w'"
         check(u, "overrides", f"regex {pat!r} matches no parameter path",
-              "regexes matching paths like " + (repr(infos[0].path) if infos else "'mlp/~/linear_0/w'"))
+              "regexes matching paths like " + example)
     nm = config.nm
     if nm is not None:
         for info in infos:
@@ -111,8 +112,10 @@ def target_sparsities(params, config: SparsityConfig, sparsity=None):
     elif nm is not None:
         raise ConfigError("sparsity", f"cannot override with structure {config.structure}",
                           "None (N:M fixes sparsity to 1 - N/M)")
-    elif isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool):
-        check(0.0 <= sparsity < 1.0, "sparsity", f"got {sparsity!r}", "a float in [0, 1)")
+    elif not isinstance(sparsity, jax.core.Tracer):
+        check(not isinstance(sparsity, bool) and np.ndim(sparsity) == 0
+              and 0.0 <= float(sparsity) < 1.0, "sparsity", f"got {sparsity!r}",
+              "a float in [0, 1) (or a traced scalar)")
     s = jnp.asarray(sparsity, jnp.float32)
     out = [jnp.zeros((), jnp.float32) for _ in infos]
     budget = [i for i, info in enumerate(infos) if info.role == "budget"]

@@ -58,7 +58,7 @@ def topk_mask(scores, k, key=None):
 
 
 def random_mask(key, shape, zeros):
-    """Bool mask of `shape` with exactly `zeros` (may be traced) False entries at random positions."""
+    """Bool mask of `shape` with exactly `zeros` (may be traced) False entries at random places."""
     n = int(np.prod(shape)) if shape else 1
     # One sort of random bits (index breaks the rare equal draws): cheaper to compile than
     # jax.random.permutation, exact count for any traced `zeros`.

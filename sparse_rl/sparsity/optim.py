@@ -71,7 +71,9 @@ def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
     key: PRNG key for initial masks and mask updates (default PRNGKey(0); may be traced).
     sparsity: optional (possibly traced) scalar replacing `config.sparsity`.
     `update(grads, state, params, **extra)` needs params; `grads` should be the dense gradient at
-    the masked params (RigL grows by it).
+    the masked params (RigL grows by it); extra args reach `tx` when it accepts them. Use it as
+    the outermost transformation: anything applied after it would break the exact masking.
+    Params not yet masked (e.g. the caller skipped `apply_masks`) are zeroed by the first update.
     """
     if not isinstance(config, SparsityConfig):
         raise ConfigError("config", f"expected SparsityConfig, got {type(config).__name__}")
@@ -119,8 +121,7 @@ def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
         # Kept connections take the inner update; grown ones start at 0 (params there are already
         # 0) and dropped ones go to 0. `-p` makes the sum exactly 0 after apply_updates.
         out = jax.tree_util.tree_map(
-            lambda u, p, k: jnp.where(k, u, -p).astype(u.dtype) if u is not None else None,
-            updates, params, keep)
+            lambda u, p, k: jnp.where(k, u, -p).astype(u.dtype), updates, params, keep)
         return out, SparseState(inner=inner_state, masks=new_masks, targets=state.targets,
                                 step=state.step + 1, key=key)
 

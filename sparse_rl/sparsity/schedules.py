@@ -8,7 +8,7 @@ from sparse_rl.sparsity.config import DYNAMIC_METHODS, SparsityConfig
 
 
 def pruning_sparsity(step, final, start, end, initial=0.0):
-    """Cubic schedule (Zhu & Gupta): s_f + (s_i - s_f) * (1 - p)^3, p = clip((t-start)/(end-start))."""
+    """Cubic (Zhu & Gupta): s_f + (s_i - s_f) (1 - p)^3 with p = clip((t - start) / (end - start))."""
     t = jnp.asarray(step, jnp.float32)
     p = jnp.clip((t - start) / jnp.float32(end - start), 0.0, 1.0)
     final = jnp.asarray(final, jnp.float32)

@@ -153,6 +153,7 @@ def failure_message(path) -> str | None:
 def main(argv=None) -> int:
     """`python -m sparse_rl.sweep.local TASK_JSON`: run one task (a worker process)."""
     argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
     task = json.loads(argv[0])
     try:
         results = execute_task(task)
@@ -233,7 +234,8 @@ class SweepProgress:
             if self.finished.get(cid) == "complete":
                 steps += int(c.get("steps") or 0)
             elif cid in running_ids or cid in self.finished:
-                steps += max(self.start[cid], last_step(c["path"]))
+                # a run's last rows come before its summary: not done until it says so
+                steps += min(max(self.start[cid], last_step(c["path"])), max(0, int(c.get("steps") or 0) - 1))
             else:
                 steps += self.start[cid]
         self._steps = steps
@@ -246,15 +248,24 @@ class SweepProgress:
         self.progress.close()
 
 
-def _pdeathsig():  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to send SIGTERM to the worker if the sweep process dies."""
+PARENT_VAR = "SPARSE_RL_SWEEP_PARENT"
+
+
+def _die_with_parent() -> None:
+    """In a worker: ask Linux to send SIGTERM when the sweep process that started it dies (so a
+    killed sweep leaves no orphan runs behind; their directories stay resumable)."""
+    parent = os.environ.get(PARENT_VAR)
+    if not parent or not sys.platform.startswith("linux"):
+        return
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:
-        pass
+        return
+    if str(os.getppid()) != parent:  # the sweep died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def describe_exit(code: int) -> str:
@@ -322,6 +333,7 @@ def run_local(tasks: list[dict], out: str, *, workers: int, threads: int | None 
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(tasks))))
     env = worker_env(threads, share_accelerator=workers > 1)
+    env[PARENT_VAR] = str(os.getpid())
     command = command or (lambda task: [sys.executable, "-m", "sparse_rl.sweep.local", json.dumps(task)])
     pending = deque(tasks)
     running: dict[subprocess.Popen, tuple[dict, Path, object]] = {}
@@ -341,7 +353,7 @@ def run_local(tasks: list[dict], out: str, *, workers: int, threads: int | None 
                            + " | ".join(" ".join(c["argv"]) for c in task["cells"]) + "\n")
                 logf.flush()
                 proc = subprocess.Popen(command(task), stdout=logf, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env, preexec_fn=_pdeathsig)
+                                        stdin=subprocess.DEVNULL, env=env)
                 running[proc] = (task, log, logf)
             for proc in [p for p in running if p.poll() is not None]:
                 task, log, logf = running.pop(proc)

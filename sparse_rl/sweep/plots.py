@@ -74,6 +74,7 @@ class PlotReport:
     notes: list[str] = dataclasses.field(default_factory=list)
     scores: list[CellScore] = dataclasses.field(default_factory=list)
     aggregates: list[dict] = dataclasses.field(default_factory=list)
+    formats: tuple[str, ...] = ("png",)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -581,7 +582,7 @@ def write_results_md(report: PlotReport, sweep_dir: Path, path: Path) -> Path:
         lines += [f"- {m.describe(sweep_dir)}" for m in report.missing]
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
-    figures = [p for p in report.files if p.suffix == ".png"]
+    figures = [p for p in report.files if p.suffix == f".{report.formats[0]}"]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -610,7 +611,7 @@ def plot_sweep(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     except OSError as error:
         raise ConfigError("out", f"cannot create {str(out)!r}: {error.strerror}") from None
     missing = missing_report(sweep_path, runs)
-    report = PlotReport(out=out, runs=runs, missing=missing)
+    report = PlotReport(out=out, runs=runs, missing=missing, formats=formats)
     counts = {s: sum(1 for r in runs if r.status == s) for s in ("complete", "failed", "incomplete")}
     echo(f"{len(runs)} runs in {sweep_dir}: {counts['complete']} complete, {counts['failed']} failed, "
          f"{counts['incomplete']} incomplete")

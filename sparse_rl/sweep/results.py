@@ -448,6 +448,10 @@ def final_scores(runs: Iterable[RunRecord], reps: int = 2000) -> list[CellScore]
 # between tasks (a sweep with missing seeds): IQM and the performance profile then pool all runs;
 # mean and median are over per-task means. On equal run counts they equal rliable.metrics'
 # aggregate_iqm / aggregate_mean / aggregate_median of the (runs x tasks) matrix.
+# rliable.library (its bootstrap) is not used: it imports arch, and arch 7.x fails to import with
+# pandas 3 while arch 8 rejects rliable's `random_state` argument. This vectorised version was checked
+# against rliable.library (pandas 2.3, arch 7.2): the same point estimates, and CIs equal within
+# Monte-Carlo error, for IQM / median / mean, performance profiles and probability of improvement.
 
 def agg_iqm(tasks: Sequence[np.ndarray]) -> np.ndarray:
     from scipy import stats

@@ -46,6 +46,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from sparse_rl.errors import ConfigError
+from sparse_rl.train.faults import kill_point
 from sparse_rl.train.rundir import fsync_dir, write_text_atomic
 from sparse_rl.train.serialize import to_jsonable
 
@@ -309,6 +310,7 @@ def save(ckpt_dir: str | os.PathLike, step: int, tree: Any, manifest: Mapping | 
     json_tmp = json_path.with_name(f"{json_path.name}.tmp-{pid}")
     try:
         _write_npz(npz_tmp, entries)
+        kill_point("checkpoint_npz", step)  # test hook (faults.py): crash mid-write
         with open(json_tmp, "wb") as f:
             f.write(manifest_bytes)
             f.flush()
@@ -320,9 +322,11 @@ def save(ckpt_dir: str | os.PathLike, step: int, tree: Any, manifest: Mapping | 
         _unlink(json_tmp)
         raise
     fsync_dir(ckpt_dir)
+    kill_point("checkpoint_marker", step)  # test hook (faults.py): crash before the marker
     marker = {"manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
               "npz_bytes": npz_path.stat().st_size}
     write_text_atomic(done_path, json.dumps(marker) + "\n")
+    kill_point("checkpoint_done", step)  # test hook (faults.py): crash before pruning
     _prune(ckpt_dir, keep, current=step)
     return npz_path
 

@@ -195,7 +195,7 @@ def run(ctx: RunContext) -> dict:
                 row.update(extra_log(config, done))
             if evaluated:
                 row["eval_return_mean"], row["eval_return_std"] = ctx.eval_history[-1][1:]
-            ctx.log(row)
+            ctx.log(row, state=state)  # state: NaN/Inf parameter scan at log points (issue 7)
             ctx.progress.update(done, sps=sps, ret=row["train_return"], sparsity=row["sparsity"])
         if run_cfg.checkpoint_every and (done % run_cfg.checkpoint_every == 0 or done == run_cfg.steps):
             save(done)

@@ -18,11 +18,12 @@ import numpy as np
 
 import sparse_rl
 from sparse_rl import envs
-from sparse_rl.errors import ConfigError, check, check_choice
+from sparse_rl.errors import ConfigError, NumericalError, check, check_choice, check_fields
 from sparse_rl.sparsity import sparsity_summary
 from sparse_rl.train import checkpoint as ckpt
 from sparse_rl.train.metrics import MetricsWriter, TensorBoardWriter
 from sparse_rl.train.progress import Progress
+from sparse_rl.train.faults import first_nonfinite, kill_point
 from sparse_rl.train.rundir import RunDir, write_json_atomic
 from sparse_rl.train.serialize import config_hash, to_jsonable
 
@@ -74,7 +75,11 @@ class RunConfig:
     """Write gradient-flow, dormant-neuron and topology statistics to <out>/analysis.csv every this many gradient steps (gradient SNR on every 10th such row; see sparse_rl.analysis); 0 disables."""
 
     def __post_init__(self):
+        check_fields(self)  # issue 7: wrong types (a string, a bool, NaN) -> ConfigError naming the field
         check_choice(self.agent, "agent", tuple(AGENT_MODULES))
+        # JAX PRNG keys take 32 bits (PRNGKey(2**32) == PRNGKey(0)); gymnasium refuses negative seeds.
+        check(0 <= self.seed < 2**32, "seed", f"got {self.seed}", "an int in [0, 2**32 - 1]")
+        check(self.out is None or self.out.strip() != "", "out", "must be a directory name or unset")
         check(isinstance(self.env, str) and self.env != "", "env", "must be an environment id")
         check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
         check(self.eval_every > 0, "eval_every", f"must be > 0, got {self.eval_every}")
@@ -134,11 +139,37 @@ class RunContext:
     def reset_sps(self, step: int):
         self._sps_mark = (step, time.perf_counter())
 
-    def log(self, row: dict):
+    def log(self, row: dict, state=None):
+        """Write a metrics row; then (issue 7) stop the run with `NumericalError` if a loss or
+        gradient column of the row, or (when `state` is given) a network parameter, is NaN/Inf."""
         row = {k: _to_float(v) for k, v in row.items()}
         self.metrics.write(row)
         if self.tensorboard is not None:
             self.tensorboard.write(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+        kill_point("log", int(row["step"]))  # test hook (faults.py)
+        self.check_finite(int(row["step"]), state, row)
+
+    def check_finite(self, step: int, state=None, metrics: dict | None = None, whole_state=None):
+        """Raise `NumericalError` (step, first non-finite parameter path, last good checkpoint) if
+        a loss/gradient metric or a parameter is NaN or Inf. `whole_state`: also scan every other
+        float leaf (optimizer moments, target networks) -- done before each checkpoint."""
+        bad = {k: v for k, v in (metrics or {}).items()
+               if ("loss" in k or "grad" in k) and isinstance(v, float) and not math.isfinite(v)}
+        where = None
+        if state is not None:
+            for name, (params, _) in self.agent.networks(state).items():
+                path = first_nonfinite(params)
+                if path is not None:
+                    where = f"{name}/{path}"
+                    break
+        if where is None and whole_state is not None:
+            path = first_nonfinite(whole_state)
+            where = None if path is None else f"state/{path}"
+        if bad or where is not None:
+            last = ckpt.latest(self.checkpoint_dir)
+            note = ("no checkpoint written" if last is None else
+                    f"last good checkpoint: step {last}; metrics up to step {step} are in metrics.csv")
+            raise NumericalError(step, where, bad, note)
 
     def network_sparsity(self, state) -> dict[str, float]:
         """Measured sparsity per network and over all networks, from the actual parameters."""
@@ -201,6 +232,7 @@ class RunContext:
         }
         if state is not None:
             manifest["masks"] = self.network_sparsity(state)
+        self.check_finite(step, state, whole_state=tree)  # issue 7: never checkpoint NaN/Inf
         ckpt.save(self.checkpoint_dir, step, tree, manifest, keep=self.run.keep_checkpoints,
                   extra_arrays=extra_arrays)
 
@@ -309,9 +341,11 @@ def train(run: RunConfig, agent_config=None) -> dict:
     rundir = RunDir(out, resume=run.resume)
     ctx = RunContext(run, agent_config, rundir, env_spec, agent, module)
     try:
-        rundir.write_config(ctx.config_dict() | {"out": str(out), "library_version": sparse_rl.__version__})
+        rundir.write_config(ctx.config_dict() | {"out": str(out), "library_version": sparse_rl.__version__},
+                            ignore=("library_version", "out"))
         loop = importlib.import_module(LOOP_MODULES[module.LOOP])
         summary = loop.run(ctx)
+        kill_point("complete")  # test hook (faults.py): killed after the summary, before COMPLETE
         rundir.mark_complete()
         return summary
     except KeyboardInterrupt:

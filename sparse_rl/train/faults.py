@@ -1,0 +1,100 @@
+"""Faults: finiteness checks of training state, and the crash points used by the kill -9 tests.
+
+Numerical faults
+----------------
+`first_nonfinite(tree)` is the path ("mlp/~/linear_0/w") of the first floating-point leaf of `tree`
+(in pytree order) that holds a NaN or Inf, or None. Each leaf is reduced on its device to one bool
+(`isfinite(x).all()`), so only a few bytes leave the accelerator. The runner calls it on every
+network's parameters at each log point and on the whole agent state before each checkpoint (see
+`RunContext.check_finite`); a fault raises `sparse_rl.errors.NumericalError`.
+
+Test hook: crash points
+-----------------------
+`kill_point(point, step)` does nothing unless the environment variable `SPARSE_RL_TEST_KILL_AT`
+was set when this module was imported; it exists only so that tests can stop a training
+process at an exact moment, deterministically (tests/test_reliability_kill.py)::
+
+    SPARSE_RL_TEST_KILL_AT="checkpoint_marker@600"     # comma-separated "<point>[@<step>]"
+    SPARSE_RL_TEST_KILL_SIGNAL=SIGSTOP                 # optional; default SIGKILL
+
+On reaching a listed point (at that step; any step if none is given) the process sends itself the
+signal: SIGKILL dies on the spot like `kill -9`; SIGSTOP freezes it there (holding its run lock)
+so that a test can inspect the run directory and then kill it. Points:
+
+* `log`: a metrics row for `step` has just been written (runner: `RunContext.log`);
+* `checkpoint_npz`: the checkpoint's arrays are written to a temporary file, not yet renamed;
+* `checkpoint_marker`: arrays and manifest are in place, the completion marker is not;
+* `checkpoint_done`: the checkpoint is complete (marker written), older ones not yet pruned;
+* `complete`: the final summary is written, the run directory's `COMPLETE` marker is not.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+__all__ = ["first_nonfinite", "kill_point", "KILL_ENV", "SIGNAL_ENV", "POINTS"]
+
+KILL_ENV = "SPARSE_RL_TEST_KILL_AT"
+SIGNAL_ENV = "SPARSE_RL_TEST_KILL_SIGNAL"
+POINTS = ("log", "checkpoint_npz", "checkpoint_marker", "checkpoint_done", "complete")
+
+
+def _parse(spec: str | None) -> dict[str, set[int | None]]:
+    out: dict[str, set[int | None]] = {}
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        point, _, step = item.partition("@")
+        if point not in POINTS:
+            raise ValueError(f"{KILL_ENV}: unknown point {point!r} (allowed: {', '.join(POINTS)})")
+        out.setdefault(point, set()).add(int(step) if step else None)
+    return out
+
+
+_KILL_AT = _parse(os.environ.get(KILL_ENV))
+
+
+def kill_point(point: str, step: int | None = None) -> None:
+    """Test hook (see the module docstring): a no-op unless SPARSE_RL_TEST_KILL_AT names `point`."""
+    if not _KILL_AT:
+        return
+    steps = _KILL_AT.get(point)
+    if steps is None or (None not in steps and step not in steps):
+        return
+    name = os.environ.get(SIGNAL_ENV, "SIGKILL")
+    os.kill(os.getpid(), getattr(signal, name))
+
+
+# --------------------------------------------------------------------------- finiteness
+
+def first_nonfinite(tree) -> str | None:
+    """Path of the first floating-point leaf of `tree` holding NaN or Inf (pytree order), or None."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sparse_rl.sparsity import leaf_paths
+
+    leaves = jax.tree_util.tree_leaves(tree)
+    paths = jax.tree_util.tree_leaves(leaf_paths(tree))
+    checked, where = [], []
+    for path, leaf in zip(paths, leaves):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:
+            if isinstance(leaf, float):
+                checked.append(np.isfinite(leaf))
+                where.append(path)
+            continue
+        try:
+            inexact = jnp.issubdtype(dtype, jnp.inexact)
+        except TypeError:  # e.g. typed PRNG keys
+            inexact = False
+        if inexact:
+            checked.append(jnp.isfinite(leaf).all())
+            where.append(path)
+    for path, ok in zip(where, jax.device_get(checked)):
+        if not bool(ok):
+            return path
+    return None
