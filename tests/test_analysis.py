@@ -94,9 +94,10 @@ def test_per_sample_grads_match_single_item_grads(net):
         xb, yb = batch
         return jnp.mean((network.apply(p, xb) - yb) ** 2)
 
-    per = gf.per_sample_grads(loss, params, (x, y))
+    per = jax.jit(lambda p, b: gf.per_sample_grads(loss, p, b))(params, (x, y))
+    grad = jax.jit(jax.grad(loss))
     for i in range(5):
-        single = jax.grad(loss)(params, (x[i:i + 1], y[i:i + 1]))
+        single = grad(params, (x[i:i + 1], y[i:i + 1]))
         for a, b in zip(jax.tree_util.tree_leaves(per), jax.tree_util.tree_leaves(single)):
             np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7)
 
@@ -329,3 +330,46 @@ def test_recorder_off_without_hook_or_interval(tmp_path, dqn_agent):
     state = dqn_agent.init(jax.random.PRNGKey(0))
     assert gf.make_recorder(dqn_agent, state, tmp_path, every=0) is None
     assert gf.make_recorder(dqn_agent._replace(analysis=None), state, tmp_path, every=10) is None
+
+
+# --- per-component tables (training-time sensitivity sweeps) -------------------------------------
+
+def fake_run(path, agent, nets, ret, seed=0):
+    """A finished run directory with a summary.json: nets = {name: (total, nonzero)}."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    networks = {n: {"layers": {"l/w": {"total": t, "nonzero": nz, "sparsity": 1 - nz / t}}}
+                for n, (t, nz) in nets.items()}
+    (path / "summary.json").write_text(json.dumps(
+        {"agent": agent, "env": "Pendulum-v1", "seed": seed, "final_eval_return": ret,
+         "networks": networks}))
+
+
+def test_component_table_names_swept_and_fixed_components(tmp_path):
+    from sparse_rl.analysis import plots
+    from sparse_rl.analysis.sensitivity import component_table, write_table
+
+    for i, nz in enumerate((50, 10)):  # actor only sparse, at 0.5 and 0.9
+        fake_run(tmp_path / "actor" / f"r{i}", "sac",
+                 {"actor": (100, nz), "critic1": (100, 100), "critic2": (100, 100)}, 10.0 + i)
+    for i, nz in enumerate((20, 5)):  # actor fixed at 0.8, critics swept
+        fake_run(tmp_path / "split" / f"r{i}", "sac",
+                 {"actor": (100, 20), "critic1": (100, nz), "critic2": (100, nz)}, 5.0 + i)
+    fake_run(tmp_path / "dense" / "r0", "sac", {"actor": (100, 100), "critic1": (100, 100)}, 20.0)
+    rows = component_table([tmp_path / "actor", tmp_path / "split", tmp_path / "dense"])
+    labels = [(r["component"], round(r["sparsity"], 3)) for r in rows]
+    assert labels == [("actor", 0.5), ("actor", 0.9), ("critic1+critic2 (actor 0.80)", 0.8),
+                      ("critic1+critic2 (actor 0.80)", 0.95), ("dense", 0.0)]
+    files = write_table(rows, tmp_path / "c.csv", tmp_path / "c.md")
+    assert "sparsity_critic2" in files[0].read_text().splitlines()[0]
+    assert plots.plot_components(rows, tmp_path / "plots", formats=("png",))[0].stat().st_size > 0
+
+
+def test_observation_noise_keeps_integer_dtype():
+    from sparse_rl.analysis.sensitivity import _noisy
+
+    obs = np.full((2, 3), 250, np.uint8)
+    out = _noisy(obs, 20.0, np.random.default_rng(0))
+    assert out.dtype == np.uint8 and out.max() <= 255
+    f = _noisy(np.zeros(1000, np.float32), np.float64(0.5), np.random.default_rng(0))
+    assert f.dtype == np.float32 and abs(f.std() - 0.5) < 0.05

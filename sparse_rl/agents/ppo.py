@@ -31,7 +31,7 @@ import rlax
 from sparse_rl import nets
 from sparse_rl.agents import common
 from sparse_rl.agents import normalize as running
-from sparse_rl.errors import ConfigError, check, check_choice
+from sparse_rl.errors import ConfigError, check, check_choice, check_fields
 from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, sparse_init, sparsify
 
 LOOP = "onpolicy"
@@ -121,6 +121,7 @@ class Config:
     """End of the pruning window / last SET-RigL update as a fraction of gradient steps (None: use end_step)."""
 
     def __post_init__(self):
+        check_fields(self, skip=("network",))  # issue 7: wrong types / NaN / Inf -> ConfigError naming the field
         if not callable(self.network):
             check_choice(self.network, "network", tuple(nets.NETWORKS))
         for name in ("actor_widths", "value_widths"):

@@ -39,7 +39,7 @@ from sparse_rl import nets
 from sparse_rl.agents import common
 from sparse_rl.agents.base import Agent
 from sparse_rl.analysis.gradient_flow import AnalysisHook
-from sparse_rl.errors import ConfigError, check, check_choice
+from sparse_rl.errors import ConfigError, check, check_choice, check_fields
 from sparse_rl.sparsity import METHODS, SparsityConfig, apply_masks, get_masks, sparse_init, sparsify
 
 LOOP = "offpolicy"
@@ -139,6 +139,7 @@ class Config:
     """End of the pruning window / last SET-RigL update as a fraction of gradient steps (None: use the configs' end_step)."""
 
     def __post_init__(self):
+        check_fields(self, skip=("actor_network", "critic_network"))  # issue 7: wrong types / NaN / Inf -> ConfigError naming the field
         for name in ("actor_network", "critic_network"):
             value = getattr(self, name)
             if not callable(value):

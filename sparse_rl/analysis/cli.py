@@ -201,8 +201,7 @@ def _components(args) -> int:
     if not [r for r in rows if r.get("final_return") is not None]:
         raise ConfigError("SWEEP_DIR", f"no finished run (summary.json) below {', '.join(args.dirs)}")
     out = _out(args, roots[0])
-    flat = [{k: v for k, v in r.items() if k != "networks"} for r in rows]
-    files = S.write_table(flat, out / "components.csv")
+    files = S.write_table(rows, out / "components.csv")
     files += plots.plot_components(rows, out)
     _report(files, f"per-component sensitivity of {len(rows)} run(s)")
     return 0

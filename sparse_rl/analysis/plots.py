@@ -206,17 +206,19 @@ def _series(runs: Sequence[RunAnalysis], event: str, column: str):
 
 def _plot_series(ax, groups, styles, event, column, *, log=False, linestyle="-", label_suffix=""):
     drawn = False
+    positive = True
     for g, runs in groups.items():
         s = _series(runs, event, column)
         if s is None:
             continue
         x, mean, lo, hi = s
+        positive = positive and bool(np.all(lo > 0))
         label = g + label_suffix + (f" (n={len(runs)})" if len(runs) > 1 and not label_suffix else "")
         ax.plot(x, mean, color=styles[g], linestyle=linestyle, label=label, lw=1.4)
         if len(runs) > 1:
             ax.fill_between(x, lo, hi, color=styles[g], alpha=0.15, lw=0)
         drawn = True
-    if drawn and log:
+    if drawn and log and positive and not ax.get_yscale() == "log":
         ax.set_yscale("log")
     ax.set_xlabel("gradient step")
     ax.grid(alpha=0.3)
@@ -442,12 +444,12 @@ def plot_components(rows: Sequence[dict], out_dir, stem: str = "components",
     plt = _plt()
     for task, task_rows in tasks.items():
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        comps = list(dict.fromkeys(r["sparse"] for r in task_rows))
-        dense = [r["final_return"] for r in task_rows if r["sparse"] == "none"]
-        for i, comp in enumerate(c for c in comps if c != "none"):
+        comps = list(dict.fromkeys(r["component"] for r in task_rows))
+        dense = [r["final_return"] for r in task_rows if r["component"] == "dense"]
+        for i, comp in enumerate(c for c in comps if c != "dense"):
             by_level: dict[float, list[float]] = {}
             for r in task_rows:
-                if r["sparse"] == comp:
+                if r["component"] == comp:
                     by_level.setdefault(round(r["sparsity"], 3), []).append(r["final_return"])
             xs = sorted(by_level)
             m = np.array([np.mean(by_level[x]) for x in xs])
@@ -457,7 +459,7 @@ def plot_components(rows: Sequence[dict], out_dir, stem: str = "components",
             ax.fill_between(xs, m - s, m + s, color=c, alpha=0.15, lw=0)
         if dense:
             ax.axhline(np.mean(dense), color=COLORS["dense"], ls="--", label="all dense")
-        ax.set_xlabel("sparsity of the sparse component(s)")
+        ax.set_xlabel("sparsity of the swept component(s)")
         ax.set_ylabel("final evaluation return")
         ax.set_title(f"Per-component sensitivity, {task}", fontsize=10)
         ax.grid(alpha=0.3)

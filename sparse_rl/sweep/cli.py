@@ -24,7 +24,8 @@ from sparse_rl.sweep import grid as G
 
 BACKENDS = ("local", "ray")
 OPTION_DEFAULTS = {"workers": None, "backend": "local", "ray_address": None, "cpus_per_run": None,
-                   "retry_failed": False, "vectorize_seeds": False, "dry_run": False, "progress": None}
+                   "retry_failed": False, "vectorize_seeds": False, "dry_run": False, "progress": None,
+                   "compile_cache": True}
 
 EPILOG = """\
 Cells are run directories <out>/<agent>/<env>/<level>/seed<k>, <level> = dense | <method>-<sparsity>
@@ -65,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="train the seeds of a cell in one process, vmapped (DQN)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the cells and their status, run nothing")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not share compiled programs between runs (<out>/.jax_cache)")
     return p
 
 
@@ -101,6 +104,8 @@ def build_grid(argv) -> tuple[G.Grid, dict, list[str]]:
             options[name] = value
     options["dry_run"] = args.dry_run
     options["progress"] = False if args.no_progress else None
+    if args.no_compile_cache:
+        options["compile_cache"] = False
     return grid, default_options(options), list(argv)
 
 
@@ -121,7 +126,7 @@ def default_options(options: dict | None = None) -> dict:
           f"must be > 0, got {c!r}")
     check(options["ray_address"] is None or options["backend"] == "ray", "ray_address",
           "only used with --backend ray")
-    for key in ("retry_failed", "vectorize_seeds", "dry_run"):
+    for key in ("retry_failed", "vectorize_seeds", "dry_run", "compile_cache"):
         check(isinstance(options[key], bool), key, f"must be true or false, got {options[key]!r}")
     return options
 
@@ -290,14 +295,15 @@ def run_sweep(grid: G.Grid, options: dict, argv: list[str] | None = None) -> int
 
                     results = run_ray(tasks, str(out), address=options["ray_address"],
                                       cpus_per_run=options["cpus_per_run"] or 1.0,
-                                      workers=options["workers"], progress=progress)
+                                      workers=options["workers"], progress=progress,
+                                      compile_cache=options["compile_cache"])
                 else:
                     from sparse_rl.sweep.local import run_local
 
                     cpus = options["cpus_per_run"]
                     results = run_local(tasks, str(out), workers=options["workers"],
                                         threads=None if cpus is None else max(1, math.ceil(cpus)),
-                                        progress=progress)
+                                        progress=progress, compile_cache=options["compile_cache"])
             except KeyboardInterrupt:
                 interrupted = True
             finally:

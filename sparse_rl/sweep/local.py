@@ -36,15 +36,22 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NU
 
 # ----------------------------------------------------------------------------- worker side
 
-def worker_env(threads: int, base: dict | None = None, *, share_accelerator: bool = True) -> dict:
+def worker_env(threads: int, base: dict | None = None, *, share_accelerator: bool = True,
+               compile_cache: str | os.PathLike | None = None) -> dict:
     """Environment for a worker process limited to `threads` CPU threads.
 
     XLA's CPU backend otherwise sizes its thread pools to every core, so N workers on N cores would
     each run N threads. User settings already in the environment are kept (XLA_FLAGS is appended
     to). With `share_accelerator`, GPU memory is not preallocated, so several workers share one
-    GPU.
+    GPU. With `compile_cache` (a directory), JAX's persistent compilation cache is shared by the
+    workers: the cells of a sweep that run the same programs (every seed of a cell, and levels
+    whose programs do not depend on the level) compile them once.
     """
     env = dict(os.environ if base is None else base)
+    if compile_cache is not None and "JAX_COMPILATION_CACHE_DIR" not in env:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(compile_cache)
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     threads = max(1, int(threads))
     for var in THREAD_VARS:
         env.setdefault(var, str(threads))
@@ -321,8 +328,13 @@ def finalize_task(task: dict, returncode: int | None, log: Path | None, error: s
     return results
 
 
+def compile_cache_dir(out: str | os.PathLike) -> Path:
+    """The sweep's shared JAX compilation cache: `<out>/.jax_cache`."""
+    return Path(out) / ".jax_cache"
+
+
 def run_local(tasks: list[dict], out: str, *, workers: int, threads: int | None = None,
-              progress: SweepProgress | None = None, poll: float = 0.2,
+              progress: SweepProgress | None = None, poll: float = 0.2, compile_cache: bool = True,
               command: Callable[[dict], list[str]] | None = None) -> list[dict]:
     """Run `tasks` in at most `workers` worker processes at a time; returns per-cell results.
 
@@ -332,7 +344,8 @@ def run_local(tasks: list[dict], out: str, *, workers: int, threads: int | None 
     workers = max(1, int(workers))
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(tasks))))
-    env = worker_env(threads, share_accelerator=workers > 1)
+    env = worker_env(threads, share_accelerator=workers > 1,
+                     compile_cache=compile_cache_dir(out) if compile_cache else None)
     env[PARENT_VAR] = str(os.getpid())
     command = command or (lambda task: [sys.executable, "-m", "sparse_rl.sweep.local", json.dumps(task)])
     pending = deque(tasks)

@@ -7,14 +7,15 @@ fresh worker process (`max_calls=1`: JAX starts clean, memory is returned after 
 retried by Ray (`max_retries=0`): a failed run is recorded in its run directory and reported, and
 `--retry-failed` is how it is run again.
 
-Without `--ray-address` a private local instance is started bound to 127.0.0.1 with the dashboard
-off and `workers` CPUs (default: the number of cores). With an address, the driver connects to
+Without `--ray-address` a private local instance is started listening on 127.0.0.1 only, with the
+dashboard off and `workers` CPUs (default: the number of cores). With an address, the driver connects to
 that cluster; the sweep directory must then be on a file system that every node mounts at the same
 path, and sparse_rl must be installed on every node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -37,42 +38,76 @@ def _task(task: dict) -> list[dict]:  # runs inside a Ray worker
     return execute_task(task)
 
 
-def start(address: str | None, workers: int, *, threads: int = 1) -> bool:
-    """Connect to `address` or start a private local instance; returns whether we started it."""
+ENV_VARS = ("XLA_FLAGS", "PYTHONPATH", "XLA_PYTHON_CLIENT_PREALLOCATE", "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "JAX_COMPILATION_CACHE_DIR",
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
+
+
+def start(address: str | None = None, workers: int | None = None) -> bool:
+    """Connect to the cluster at `address`, or start a private local instance; returns whether
+    this call initialised Ray (False when the caller had already done so)."""
     ray = _ray()
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        return False
-    env = {k: v for k, v in worker_env(threads).items()
-           if k in ("XLA_FLAGS", "PYTHONPATH", "XLA_PYTHON_CLIENT_PREALLOCATE", "OMP_NUM_THREADS",
-                    "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    ray.init(
-        address="local",                # never attach to some other cluster by accident
-        num_cpus=int(workers),
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",   # bind to loopback only
-        object_store_memory=96 * 1024 * 1024,
-        runtime_env={"env_vars": env},
-        log_to_driver=False,
-        configure_logging=False,
-    )
+        ray.init(address=address, log_to_driver=False)
+        return True
+    with _loopback_only(ray):
+        ray.init(
+            address="local",                # never attach to some other cluster by accident
+            num_cpus=int(workers or os.cpu_count() or 1),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            object_store_memory=96 * 1024 * 1024,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     return True
+
+
+@contextlib.contextmanager
+def _loopback_only(ray):
+    """Make a local instance listen on 127.0.0.1 only.
+
+    Ray turns a node address of 127.0.0.1 into the machine's reachable address and binds its
+    servers to all interfaces, except when clusters are disabled (its setting for single-machine
+    use, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read when ray is imported): then every process
+    of the instance (started with this environment) uses the loopback address.
+    """
+    from ray._private import ray_constants
+
+    var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    old_env, old_const = os.environ.get(var), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[var] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_const
+        if old_env is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = old_env
 
 
 def run_ray(tasks: list[dict], out: str, *, address: str | None = None, cpus_per_run: float = 1.0,
             workers: int | None = None, progress: SweepProgress | None = None,
-            poll: float = 0.5) -> list[dict]:
+            poll: float = 0.5, compile_cache: bool = True) -> list[dict]:
     """Run `tasks` as Ray tasks; returns per-cell results like `run_local`."""
+    from sparse_rl.sweep.local import compile_cache_dir
+
     ray = _ray()
     workers = int(workers or os.cpu_count() or 1)
     threads = max(1, math.ceil(cpus_per_run))
-    started = start(address, workers, threads=threads)
+    cache = str(compile_cache_dir(out)) if compile_cache else None
+    started = start(address, workers)
+    # The worker environment (thread limits, shared compilation cache; locally the package path)
+    # travels with each task.
+    env = {k: v for k, v in worker_env(threads, base={}, compile_cache=cache).items() if k in ENV_VARS}
+    if address:
+        env.pop("PYTHONPATH", None)  # a cluster has sparse_rl installed on its nodes
     remote = ray.remote(num_cpus=cpus_per_run, max_calls=1, max_retries=0)(_task)
-    if address:  # a cluster: the thread limits travel with each task
-        env = {k: v for k, v in worker_env(threads, base={}).items() if k != "PYTHONPATH"}
-        remote = remote.options(runtime_env={"env_vars": env})
+    remote = remote.options(runtime_env={"env_vars": env})
     since = time.time()
     refs = {remote.remote(task): task for task in tasks}
     results: list[dict] = []
@@ -102,7 +137,7 @@ def run_ray(tasks: list[dict], out: str, *, address: str | None = None, cpus_per
         raise
     finally:
         if started:
-            ray.shutdown()
+            ray.shutdown()  # stops our local instance; for a cluster, only disconnects
     return results
 
 

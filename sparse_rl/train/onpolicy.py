@@ -154,7 +154,7 @@ def run(ctx: RunContext) -> dict:
         for t in range(T):
             key = jax.random.fold_in(act_key, iteration * T + t)
             if not compiled_act:
-                out = timed_compile(ctx, agent.act_with_info, state, jnp.asarray(obs), key)
+                out = timed_compile(ctx, agent.act_with_info, state, obs, key)
                 compiled_act = True
             else:
                 out = agent.act_with_info(state, obs, key)
