@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, peak_rss_mib, run_worker, write_results  # noqa: E402
+from common import add_ratios, machine, peak_rss_mib, run_worker, write_results  # noqa: E402
 
 METHODS = ("dense", "static", "prune", "set", "rigl")
 
@@ -107,14 +107,7 @@ def main():
         row = run_worker(common + ["--worker", "sbx"], python=args.sbx_python)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    dense = next((r for r in rows if r.get("library") == "sparse_rl" and r.get("method") == "dense"), None)
-    peer = next((r for r in rows if r.get("library") == "sbx" and "sps" in r), None)
-    for row in rows:
-        if "sps" in row and dense:
-            row["vs_dense"] = row["sps"] / dense["sps"]
-        if "sps" in row and peer:
-            row["vs_sbx"] = row["sps"] / peer["sps"]
-            row["memory_vs_sbx"] = row["peak_rss_mib"] / peer["peak_rss_mib"]
+    add_ratios(rows)
     name = "dqn_" + args.env.replace("/", "_").replace("-", "_")
     path = write_results(name, {"benchmark": "dqn", "env": args.env, "steps": args.steps,
                                 "machine": machine(), "rows": rows})

@@ -57,3 +57,15 @@ def write_results(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """SPS relative to our dense run and to the peer library, and memory relative to the peer."""
+    dense = next((r for r in rows if r.get("library") == "sparse_rl" and r.get("method") == "dense"), None)
+    peer = next((r for r in rows if r.get("library") == "sbx" and "sps" in r), None)
+    for row in rows:
+        if "sps" in row and dense and "sps" in dense:
+            row["vs_dense"] = row["sps"] / dense["sps"]
+        if "sps" in row and peer:
+            row["vs_sbx"] = row["sps"] / peer["sps"]
+            row["memory_vs_sbx"] = row["peak_rss_mib"] / peer["peak_rss_mib"]

@@ -40,11 +40,20 @@ ARGS = [
 TIMING_COLUMNS = {"wall_time", "sps"}
 TIMING_SUMMARY = {"steps_per_second", "compile_seconds", "wall_time"}
 TIMEOUT = 400
+# The processes share JAX's persistent compilation cache: only the first one compiles (~3x faster
+# on 2 CPU cores). A cached executable is the same program, so results are unchanged.
+CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def subprocess_env(cache: Path) -> dict:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", JAX_COMPILATION_CACHE_DIR=str(cache), **CACHE_ENV)
+    for name in ("SPARSE_RL_TEST_KILL_AT", "SPARSE_RL_TEST_KILL_SIGNAL"):
+        env.pop(name, None)
+    return env
 
 
 def start(out: Path, *extra, kill_at=None, sig="SIGSTOP"):
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    env.pop("SPARSE_RL_TEST_KILL_AT", None)
+    env = subprocess_env(out.parent / "jax-cache")
     if kill_at:
         env["SPARSE_RL_TEST_KILL_AT"] = kill_at
         env["SPARSE_RL_TEST_KILL_SIGNAL"] = sig
@@ -95,20 +104,26 @@ def rows(path: Path, drop=TIMING_COLUMNS):
         return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
 
 
+def analysis_rows(run: Path, ever_active=False):
+    with open(run / "analysis.csv") as f:
+        return [{k: v for k, v in r.items() if ever_active == k.endswith("/ever_active")}
+                for r in csv.DictReader(f)]
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
     ref_dir, out = root / "reference", root / "killed"
-    reference = start(ref_dir)
     seen = {}
     try:
         # A: frozen right after the step-100 metrics row, before any checkpoint exists.
         a = start(out, kill_at="log@100")
         wait_stopped(a)
         seen["A"] = observe(out)
+        reference = start(ref_dir)  # uninterrupted, beside the chain (A filled the compile cache)
         contender = subprocess.run([sys.executable, "-m", "sparse_rl.cli", *ARGS, "--out", str(out), "--resume"],
                                    capture_output=True, text=True, timeout=TIMEOUT,
-                                   env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                                   env=subprocess_env(root / "jax-cache"))
         seen["contender"] = (contender.returncode, contender.stderr)
         kill9(a)
         seen["A_after"] = observe(out)
@@ -188,7 +203,22 @@ def test_resumed_run_equals_uninterrupted(chain):
         ref_summary.pop(key, None)
         got_summary.pop(key, None)
     assert got_summary == ref_summary
+    # Training-time analysis (gradient flow, dormant neurons, topology) resumes exactly too, apart
+    # from the ever-active statistics (see the xfail test below).
+    if (ref_dir / "analysis.csv").exists():
+        assert analysis_rows(out) == analysis_rows(ref_dir)
     # Leftovers of the interrupted checkpoint writes are gone; keep-N holds.
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert not [n for n in names if ".tmp-" in n]
     assert ckpt.steps(out / "checkpoints") == [STEPS - 200, STEPS]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known limitation of sparse_rl.analysis (documented in gradient_flow.py): ever_active.npz is "
+    "not rolled back to the checkpoint on resume, so after a kill it keeps masks of the discarded "
+    "steps; remove this marker once it is checkpointed"))
+def test_ever_active_statistics_resume_exactly(chain):
+    ref_dir, out, _ = chain
+    if not (ref_dir / "analysis.csv").exists():
+        pytest.skip("no analysis.csv")
+    assert analysis_rows(out, ever_active=True) == analysis_rows(ref_dir, ever_active=True)

@@ -349,3 +349,39 @@ def test_runner_resume_equals_uninterrupted(tmp_path):
     s_part = json.loads((part / "summary.json").read_text())
     assert s_full["final_eval_return"] == s_part["final_eval_return"]
     assert s_full["networks"] == s_part["networks"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dense", "rigl"])
+def test_learns_pendulum(tmp_path, method):
+    """Paper-size SAC (dense, RigL 0.9) reaches an eval return >= -250 on Pendulum-v1 within 15k
+    steps in at least 2 of 3 seeds."""
+    from sparse_rl.cli import build_train_args
+    from sparse_rl.train.runner import train
+
+    reached = 0
+    for seed in range(3):
+        run, config = build_train_args([
+            "--agent", "sac", "--env", "Pendulum-v1", "--steps", "15000", "--seed", str(seed),
+            "--eval-every", "2500", "--eval-episodes", "5", "--checkpoint-every", "0", "--analysis-every", "0",
+            "--method", method, "--sparsity", "0.9", "--out", str(tmp_path / f"s{seed}"),
+        ])
+        summary = train(run, config)
+        reached += max(summary["eval_returns"]) >= -250
+        if reached >= 2:
+            break
+    assert reached >= 2
+
+
+@pytest.mark.parametrize("env, message", [
+    ("CartPole-v1", r"^env: SAC needs a continuous \(Box\) action space; got Discrete\(2\)"),
+    ("HalfCheetah-v99", r"^env: unknown environment 'HalfCheetah-v99'"),
+])
+def test_runner_refuses_bad_env_before_writing(tmp_path, env, message):
+    from sparse_rl.cli import build_train_args
+    from sparse_rl.train.runner import train
+
+    with pytest.raises(ConfigError, match=message):
+        run, config = build_train_args(["--agent", "sac", "--env", env, "--out", str(tmp_path / "run")])
+        train(run, config)
+    assert not (tmp_path / "run").exists()

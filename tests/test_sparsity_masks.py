@@ -128,3 +128,44 @@ def test_sparse_init():
     assert (np.abs(w) <= limit + 1e-6).all()
     assert np.asarray(p["dense"]).tolist() == [[7.0, 7.0], [7.0, 7.0]]
     assert np.asarray(p["b"]).tolist() == [7.0] * 3
+
+
+def test_selection_paths_match_lexsort():
+    # The counting-pass path (large kernels) and the sort path (small ones) agree with a
+    # brute-force lexicographic order: (key desc, tie desc, index asc).
+    from sparse_rl.sparsity import masks as M
+    rs = np.random.RandomState(0)
+    n = 33
+    fast, small = jax.jit(M._select_top), jax.jit(M._select_top_sorted)
+    values = np.array([0, 1, 0x80000000, 0xFFFFFFFF], np.uint32)
+    for i in range(25):
+        key = values[rs.randint(0, 4, n)]
+        tie = rs.randint(0, 3, n).astype(np.uint32)
+        k = [0, n][i] if i < 2 else rs.randint(0, n + 1)
+        order = np.lexsort((np.arange(n), -tie.astype(np.int64), -key.astype(np.int64)))
+        want = np.zeros(n, bool)
+        want[order[:k]] = True
+        assert np.array_equal(fast(key, k, tie), want)
+        assert np.array_equal(small(key, k, tie), want)
+
+
+def test_float_order_special_values():
+    s = jnp.array([np.nan, -np.inf, -1.0, -0.0, 0.0, 1e-30, 2.0, np.inf], jnp.float32)
+    m = [np.asarray(topk_mask(s, k)).tolist() for k in (1, 2, 3, 5)]
+    assert m[0] == [False] * 7 + [True]
+    assert m[1] == [False] * 6 + [True] * 2
+    assert m[2] == [False] * 5 + [True] * 3
+    assert m[3] == [False, False, False, True, True, True, True, True]  # -0.0 ties 0.0
+
+
+def test_counting_path_under_vmap(monkeypatch):
+    from sparse_rl.sparsity import masks as M
+    scores = np.random.RandomState(1).randn(6, 5).astype(np.float32)
+    ks = jnp.array([0, 7, 30])
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    want = [np.asarray(M.topk_mask(scores, int(k), kk)) for k, kk in zip(ks, keys)]  # sort path
+    monkeypatch.setattr(M, "SORT_MAX", 8)
+    got = jax.jit(jax.vmap(lambda k, kk: M.rank_topk(
+        scores, k, jax.random.bits(kk, scores.shape, jnp.uint32))))(ks, keys)
+    for w, g in zip(want, np.asarray(got)):
+        assert np.array_equal(w, g)

@@ -1,22 +1,31 @@
 """Gradient flow of sparse networks: norms, distance from initialisation, gradient SNR.
 
-Pure JAX functions over params / grads / masks pytrees (the mask pytree has the structure of the
-params, as everywhere in sparse_rl), plus `GradientFlowRecorder`, which an env loop calls around
-`agent.update` to write `<run>/analysis.csv` every `every` gradient steps and around every topology
-update.
+Pure functions over params / grads / masks pytrees (the mask pytree has the structure of the
+params, as everywhere in sparse_rl). They are JAX code under `jax.jit`; given only numpy arrays
+they run in numpy (nothing to compile). Plus `GradientFlowRecorder`, which an env loop calls around
+`agent.update` to write `<run>/analysis.csv` every `every` gradient steps and around every
+topology update.
 
 Statistics are nested dicts `{"layers": {path: {stat: value}}, "total": {stat: value}}`: "layers"
 holds the kernels (ndim >= 2, the leaves that can be sparse, paths like "mlp/~/linear_0/w"),
 "total" covers every leaf (biases included). `flatten_stats` turns them into CSV columns
 `<prefix>/<network>/<path>/<stat>`, e.g. `gf/q/mlp/~/linear_0/w/dense_grad_norm`.
 
-The agent side is an `AnalysisHook` (the `analysis` entry of an `Agent`):
+analysis.csv columns: `step` (env steps done), `grad_step`, `event` ("periodic" or "topology"),
+then `gf/<net>/<kernel or total>/{dense_grad_norm, masked_grad_norm, weight_norm,
+dist_from_init}`, `dormant/<net>/<layer or total>/tau0.025|tau0`, `snr/<net>/<kernel or
+total>/{mean, median}` and `topo/<net>/<kernel or total>/{churn, sparsity, ever_active,
+dense_grad_norm, masked_grad_norm_before, masked_grad_norm_after, weight_norm_before,
+weight_norm_after, post_masked_grad_norm}`; a row leaves the columns of the other events empty.
+
+The agent side is an `AnalysisHook` (the optional `analysis` entry of an `Agent`):
   grads(state, batch) -> {network: (dense_grads, masks, params)}
       the dense gradient of the network's loss at its current (masked) params on `batch`;
       per-sample gradients for the SNR are this function vmapped over single-item batches.
   forward: {network: f(params, batch)} (optional) runs the network, for dormant neurons.
   sparsity: {network: SparsityConfig} with the schedule resolved to gradient steps (optional),
       so that the recorder knows at which gradient steps the masks change.
+  activation: the torso's activation (name or callable), applied to captured layer outputs.
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ from sparse_rl.sparsity import leaf_paths
 
 __all__ = [
     "AnalysisHook", "layer_norms", "gradient_flow_stats", "per_sample_grads", "gradient_snr",
-    "topology_update_effect", "snr_values", "summarize_snr", "flatten_stats", "should_record", "is_update_step_py",
+    "topology_update_effect", "snr_values", "summarize_snr", "flatten_stats", "should_record",
+    "is_update_step_py",
     "GradientFlowRecorder", "make_recorder", "save_tree_npz", "load_tree_npz",
     "GF_STATS", "TOPO_STATS", "SNR_STATS", "ANALYSIS_FILE", "INIT_PARAMS_FILE",
 ]
@@ -399,6 +409,7 @@ class GradientFlowRecorder:
         file = self.path / ANALYSIS_FILE
         if resume_step is None:
             file.unlink(missing_ok=True)
+            (self.path / EVER_ACTIVE_FILE).unlink(missing_ok=True)
             return
         if file.exists():
             import csv

@@ -65,10 +65,31 @@ def _float_key(scores):
     return jnp.where((b >> 31) == 1, ~b, b | jnp.uint32(0x80000000))
 
 
+# Above this many entries select by counting passes; below, one sort is as fast and compiles
+# faster (a while loop costs more XLA compile time than a small sort).
+SORT_MAX = 1 << 18
+
+
+def _select_top_sorted(key, k, tie=None):
+    """Same result as `_select_top`, by one lexicographic sort (for small arrays)."""
+    n = key.shape[0]
+    iota = jnp.arange(n, dtype=jnp.int32)
+    keys = (~key,) if tie is None else (~key, ~tie)  # ascending on ~x = descending on x
+    order = jax.lax.sort(keys + (iota,), num_keys=len(keys) + 1)[-1]
+    ranks = jnp.zeros((n,), jnp.int32).at[order].set(iota)
+    return ranks < k
+
+
+def select_top(key, k, tie=None):
+    """Flat bool mask of exactly min(k, n) entries with the largest (key, tie, -index)."""
+    fn = _select_top_sorted if key.shape[0] <= SORT_MAX else _select_top
+    return fn(key, k, tie)
+
+
 def rank_topk(scores, k, tie=None):
     """Keep exactly `k` largest `scores`; ties broken by the uint32 array `tie` (else by index)."""
     t = None if tie is None else jnp.ravel(tie).astype(jnp.uint32)
-    return _select_top(_float_key(scores), k, t).reshape(jnp.shape(scores))
+    return select_top(_float_key(scores), k, t).reshape(jnp.shape(scores))
 
 
 @jax.jit
@@ -85,9 +106,9 @@ def random_mask(key, shape, zeros):
     """Bool mask of `shape` with exactly `zeros` (may be traced) False entries at random places."""
     n = int(np.prod(shape)) if shape else 1
     # Keep the n - zeros largest random draws (index breaks the rare equal draws): exact count for
-    # any traced `zeros`, and cheaper than jax.random.permutation's sorts.
+    # any traced `zeros`, and cheaper than jax.random.permutation's repeated sorts.
     bits = jax.random.bits(key, (n,), jnp.uint32)
-    return _select_top(bits, n - jnp.asarray(zeros, jnp.int32)).reshape(shape)
+    return select_top(bits, n - jnp.asarray(zeros, jnp.int32)).reshape(shape)
 
 
 # --- N:M: groups of M consecutive entries along axis -2 (input axis of [.., in, out] kernels) ----
