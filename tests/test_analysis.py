@@ -129,6 +129,11 @@ def test_snr_counts_only_active_parameters(net):
     assert float(unmasked["total"]["mean"]) > 1e6
     jitted = jax.jit(gf.gradient_snr)(per, masks)
     np.testing.assert_allclose(jitted["total"]["median"], masked["total"]["median"], rtol=1e-4)
+    # mean_all: inactive parameters count as SNR 0 (their masked gradient is 0)
+    density = np.mean(np.concatenate([np.ravel(m) for m in jax.tree_util.tree_leaves(masks)]))
+    np.testing.assert_allclose(masked["total"]["mean_all"], masked["total"]["mean"] * density, rtol=1e-4)
+    np.testing.assert_allclose(jitted["total"]["mean_all"], masked["total"]["mean_all"], rtol=1e-4)
+    assert unmasked["total"]["mean_all"] == pytest.approx(unmasked["total"]["mean"], rel=1e-5)
 
 
 def test_topology_update_effect(net):

@@ -68,6 +68,12 @@ def test_gae_matches_hand_computation():
     adv, _ = ppo.gae(terminated, g, lam)
     b1 = 2.0 - 1.0
     np.testing.assert_allclose(np.asarray(adv[:, 0]), [(1.0 + g * 1.0 - 0.5) + g * lam * b1, b1, a2], rtol=1e-6)
+    # Terminated and truncated at once (gymnasium allows it): termination wins, no bootstrap.
+    both = terminated._replace(truncated=rollout.truncated, final_value=rollout.final_value)
+    np.testing.assert_allclose(np.asarray(ppo.gae(both, g, lam)[0]), np.asarray(adv), rtol=1e-6)
+    # Several envs are independent columns.
+    two = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, x], axis=-1), rollout)
+    np.testing.assert_allclose(np.asarray(ppo.gae(two, g, lam)[0][:, 1]), [a0, a1, a2], rtol=1e-6)
 
 
 @pytest.fixture(scope="module")

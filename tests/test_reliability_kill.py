@@ -127,6 +127,14 @@ def chain(tmp_path_factory):
         seen["contender"] = (contender.returncode, contender.stderr)
         kill9(a)
         seen["A_after"] = observe(out)
+        # A resume with other settings is refused, and leaves the killed run resumable.
+        from sparse_rl.cli import build_train_args
+        from sparse_rl.train.runner import train
+
+        try:
+            train(*build_train_args([*ARGS[1:], "--out", str(out), "--resume", "--dqn.learning-rate", "0.5"]))
+        except ValueError as error:
+            seen["other_settings"] = (str(error), observe(out))
 
         # B: killed inside the step-400 checkpoint write (files renamed, no completion marker).
         b = start(out, "--resume", kill_at="checkpoint_marker@400")
@@ -179,6 +187,13 @@ def test_kill_points_never_look_finished(chain):
     assert seen["C"]["latest"] is not None and seen["C"]["latest"] >= 400, seen["C"]
     # D: summary.json exists, yet without COMPLETE the sweep must resume it, not skip it.
     assert seen["D"]["summary"] and seen["D"]["latest"] == STEPS
+
+
+def test_resume_with_other_settings_is_refused_and_run_stays_resumable(chain):
+    _, _, seen = chain
+    message, after = seen["other_settings"]
+    assert "learning_rate" in message and "differs from the run being resumed" in message
+    assert after["status"] == "incomplete" and not after["locked"]
 
 
 def test_second_process_on_same_run_directory_exits_2(chain):

@@ -5,9 +5,6 @@ and the CLI exits with status 1 (not 2: the input was valid)."""
 
 import csv
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -96,17 +93,19 @@ def test_non_finite_state_is_never_checkpointed(context):
     assert not [p for p in ctx.checkpoint_dir.iterdir() if "000000006" in p.name]
 
 
-def test_diverging_run_stops_fails_and_exits_1(tmp_path):
+def test_diverging_run_stops_fails_and_exits_1(tmp_path, capsys):
+    from sparse_rl.cli import main  # the `sparse-rl` entry point, in this process
+
     out = tmp_path / "nan"
     args = ["train", "--steps", "400", "--out", str(out), "--dqn.widths", "16", "16",
             "--dqn.learning-starts", "100", "--dqn.batch-size", "16", "--dqn.learning-rate", "1e30",
             "--eval-every", "400", "--eval-episodes", "1", "--log-every", "50", "--checkpoint-every", "100",
             "--analysis-every", "0"]
-    result = subprocess.run([sys.executable, "-m", "sparse_rl.cli", *args], capture_output=True, text=True,
-                            timeout=400, env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert len(lines) == 1, result.stderr[-3000:]
+    code = main(args)
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 1, stderr[-3000:]
+    assert len(lines) == 1, stderr[-3000:]
     line = lines[0]
     assert line.startswith("error: numerical fault at step ") and "first non-finite parameter: q/" in line, line
     step = int(line.split("at step ")[1].split(":")[0])

@@ -260,7 +260,8 @@ class Rollout(NamedTuple):
     `obs` are the raw (unnormalised) observations the actions were chosen from; `action` the raw
     (unclipped) actions; `log_prob` and `value` as returned by `act_with_info`; `reward` the
     (possibly scaled) rewards; `terminated` / `truncated` whether the episode ended after the step;
-    `final_value` V(final observation) where `truncated` (bootstrapped into the reward), else 0;
+    `final_value` V(final observation) where `truncated` (bootstrapped into the reward unless the
+    step also terminated), else 0;
     `last_value` [N] V(observation after the last step).
     """
 
@@ -320,7 +321,8 @@ def gae(rollout: Rollout, gamma: float, lambda_: float):
     """
     value = rollout.value.astype(jnp.float32)
     done = jnp.logical_or(rollout.terminated, rollout.truncated)
-    reward = rollout.reward.astype(jnp.float32) + gamma * jnp.where(rollout.truncated, rollout.final_value, 0.0)
+    bootstrap = jnp.logical_and(rollout.truncated, jnp.logical_not(rollout.terminated))  # termination wins
+    reward = rollout.reward.astype(jnp.float32) + gamma * jnp.where(bootstrap, rollout.final_value, 0.0)
     discount = gamma * (1.0 - done.astype(jnp.float32))
     values = jnp.concatenate([value, rollout.last_value[None].astype(jnp.float32)], axis=0)
     advantages = jax.vmap(rlax.truncated_generalized_advantage_estimation, in_axes=(1, 1, None, 1), out_axes=1)(

@@ -14,7 +14,7 @@ holds the kernels (ndim >= 2, the leaves that can be sparse, paths like "mlp/~/l
 analysis.csv columns: `step` (env steps done), `grad_step`, `event` ("periodic" or "topology"),
 then `gf/<net>/<kernel or total>/{dense_grad_norm, masked_grad_norm, weight_norm,
 dist_from_init}`, `dormant/<net>/<layer or total>/tau0.025|tau0`, `snr/<net>/<kernel or
-total>/{mean, median}` and `topo/<net>/<kernel or total>/{churn, sparsity, ever_active,
+total>/{mean, median, mean_all}` and `topo/<net>/<kernel or total>/{churn, sparsity, ever_active,
 dense_grad_norm, masked_grad_norm_before, masked_grad_norm_after, weight_norm_before,
 weight_norm_after, post_masked_grad_norm}`; a row leaves the columns of the other events empty.
 
@@ -54,7 +54,7 @@ INIT_PARAMS_FILE = "init_params.npz"
 EVER_ACTIVE_FILE = "ever_active.npz"
 META_FILE = "analysis.json"
 GF_STATS = ("dense_grad_norm", "masked_grad_norm", "weight_norm", "dist_from_init")
-SNR_STATS = ("mean", "median")
+SNR_STATS = ("mean", "median", "mean_all")
 TOPO_STATS = ("churn", "sparsity", "ever_active", "dense_grad_norm", "masked_grad_norm_before",
               "masked_grad_norm_after", "weight_norm_before", "weight_norm_after",
               "post_masked_grad_norm")
@@ -174,8 +174,13 @@ def snr_values(per_sample):
 
 
 def summarize_snr(values, masks=None) -> dict:
-    """Mean and median of per-parameter SNR `values` per kernel and over all leaves; with `masks`
-    only over active parameters (NaN for a kernel with none)."""
+    """Summaries of per-parameter SNR `values` per kernel and over all leaves.
+
+    mean, median: over the active parameters (all when `masks` is None; NaN for a kernel with none
+    active). mean_all: the mean over every parameter with the inactive ones counted as 0 (the SNR
+    of their masked gradient, which is exactly 0); it is `mean` times the density, the convention
+    under which the paper's values (~1e-2 at 80% sparsity, ~1e-3 at 95%, PAPER.md) come out.
+    """
     xp = _xp(values, masks)
     paths = jax.tree_util.tree_leaves(leaf_paths(values))
     leaves = jax.tree_util.tree_leaves(values)
@@ -189,25 +194,28 @@ def summarize_snr(values, masks=None) -> dict:
         v = xp.ravel(v)
         flat.append(v)
         if kernel:
-            layers[path] = _mean_median(xp, v)
-    return {"layers": layers, "total": _mean_median(xp, xp.concatenate(flat))}
+            layers[path] = _snr_summary(xp, v)
+    return {"layers": layers, "total": _snr_summary(xp, xp.concatenate(flat))}
 
 
-def _mean_median(xp, v):
+def _snr_summary(xp, v):
+    """mean / median over the finite (active) entries of v, mean_all over all entries (NaN as 0)."""
+    mean_all = xp.sum(xp.where(xp.isnan(v), 0.0, v)) / max(int(v.shape[0]), 1)
     if xp is np:
         if not np.any(np.isfinite(v)):
-            return {"mean": np.float32(np.nan), "median": np.float32(np.nan)}
-        return {"mean": np.nanmean(v), "median": np.nanmedian(v)}
-    return {"mean": jnp.nanmean(v), "median": jnp.nanmedian(v)}
+            return {"mean": np.float32(np.nan), "median": np.float32(np.nan), "mean_all": mean_all}
+        return {"mean": np.nanmean(v), "median": np.nanmedian(v), "mean_all": mean_all}
+    return {"mean": jnp.nanmean(v), "median": jnp.nanmedian(v), "mean_all": mean_all}
 
 
 def gradient_snr(per_sample, masks=None) -> dict:
     """Gradient signal-to-noise ratio as PAPER.md measures it.
 
     per_sample: gradients with a leading batch axis (`per_sample_grads`). Per parameter
-    SNR = |mean| / (std + 1e-10) over the batch; summarised per kernel and over all leaves by the
-    mean and median over parameters: `{"layers": {path: {"mean", "median"}}, "total": {...}}`. With
-    `masks`, only active parameters count (a kernel with none gives NaN).
+    SNR = |mean| / (std + 1e-10) over the batch; summarised per kernel and over all leaves:
+    `{"layers": {path: {"mean", "median", "mean_all"}}, "total": {...}}`. With `masks`, mean and
+    median count only active parameters (a kernel with none gives NaN) and mean_all counts the
+    inactive ones as 0 (see `summarize_snr`).
     """
     return summarize_snr(snr_values(per_sample), masks)
 
@@ -372,6 +380,7 @@ class GradientFlowRecorder:
         self.counts = {"periodic": 0, "snr": 0, "topology": 0}
         self._compiled: set[str] = set()
         self.compile_by: dict[str, float] = {}
+        self.seconds_by: dict[str, float] = {}
         self._pending = None
         self._per_call: int | None = None
         self.writer = None
@@ -400,7 +409,7 @@ class GradientFlowRecorder:
                                          ever[name], masks_now[name]) for name in masks_now}
         self._truncate(resume_step)
         self._build()
-        self.seconds += time.perf_counter() - started
+        self._spend(time.perf_counter() - started, "setup")
 
     def _truncate(self, resume_step):
         """Cut an existing analysis.csv back to `resume_step` (fresh run: remove it)."""
@@ -471,8 +480,12 @@ class GradientFlowRecorder:
         """Run a numpy reduction of fetched arrays, counting its time."""
         start = time.perf_counter()
         out = fn(*args)
-        self.seconds += time.perf_counter() - start
+        self._spend(time.perf_counter() - start, "host")
         return out
+
+    def _spend(self, seconds, name):
+        self.seconds += seconds
+        self.seconds_by[name] = self.seconds_by.get(name, 0.0) + seconds
 
     def _periodic_stats(self, g, dormant) -> dict:
         out = {}
@@ -529,7 +542,7 @@ class GradientFlowRecorder:
         out = jax.device_get(fn(*args))
         spent = time.perf_counter() - start
         if name in self._compiled:
-            self.seconds += spent
+            self._spend(spent, name)
         else:  # the first call compiles
             self._compiled.add(name)
             self._add_compile(spent, name)
@@ -548,7 +561,7 @@ class GradientFlowRecorder:
             self._add_compile(time.perf_counter() - start)
             start = time.perf_counter()
         self.writer.write({k: v for k, v in row.items() if k in self._fields})
-        self.seconds += time.perf_counter() - start
+        self._spend(time.perf_counter() - start, "write")
 
     # --- loop interface -------------------------------------------------------------------------
     def _topology_in_call(self) -> bool:
@@ -562,7 +575,8 @@ class GradientFlowRecorder:
         if self.sparsity and self._topology_in_call():
             g, _ = self._call("grads", self._grads, state, batch)
             # real host copies: the update donates `state`, whose buffers params / masks may share
-            self._pending = {name: _host_copy(g[name]) for name in self.sparsity if name in g}
+            self._pending = self._host(lambda: {name: _host_copy(g[name]) for name in self.sparsity
+                                                if name in g})
 
     def after_update(self, state, batch, env_step: int) -> None:
         """Call just after `agent.update`, with the new state and the env steps done so far."""
@@ -575,7 +589,7 @@ class GradientFlowRecorder:
                 self._per_call = max(1, int(get_sparse_state(state).step) - previous)
             except Exception:
                 self._per_call = 1
-            self.seconds += time.perf_counter() - start
+            self._spend(time.perf_counter() - start, "setup")
         self.grad_step = previous + self._per_call
         periodic = self.every > 0 and previous // self.every != self.grad_step // self.every
         g = None
@@ -595,7 +609,7 @@ class GradientFlowRecorder:
                 for path, v in frac["layers"].items():
                     stats["layers"][path]["ever_active"] = v
                 stats["total"]["ever_active"] = frac["total"]
-                self.seconds += time.perf_counter() - start
+                self._spend(time.perf_counter() - start, "host")
                 row.update(flatten_stats(f"topo/{name}", stats))
             self._write(row, state, batch)
             self._host(save_tree_npz, self.path / EVER_ACTIVE_FILE, self.ever_active)
@@ -622,7 +636,8 @@ class GradientFlowRecorder:
             self.writer.close()
         meta = {"every": self.every, "snr_every": self.snr_every, "grad_steps": self.grad_step,
                 "records": self.counts, "seconds": self.seconds,
-                "compile_seconds": self.compile_seconds, "compile_by": self.compile_by}
+                "seconds_by": self.seconds_by, "compile_seconds": self.compile_seconds,
+                "compile_by": self.compile_by}
         if loop_seconds:
             meta["loop_seconds"] = float(loop_seconds)
             meta["overhead_fraction"] = self.seconds / max(float(loop_seconds), 1e-9)

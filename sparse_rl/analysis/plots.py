@@ -289,12 +289,16 @@ def plot_gradient_flow(runs: Sequence[RunAnalysis], out_dir, formats=FORMATS) ->
             totals = [c for c in cols if "/total/" in c]
             layers = [c for c in cols if "/total/" not in c]
             panels = [(c.replace("/median", "/mean"), "mean") for c in totals] + \
-                     [(c, "median") for c in totals] + [(c, "median") for c in layers]
+                     [(c, "median") for c in totals] + \
+                     [(c.replace("/median", "/mean_all"), "mean_all") for c in totals] + \
+                     [(c, "median") for c in layers]
             fig, axes = _grid(len(panels))
             for ax, (col, stat) in zip(axes, panels):
                 _plot_series(ax, groups, styles, "periodic", col, log=True)
                 name = col[len("snr/"):-len(stat) - 1]
-                ax.set_title(f"SNR {stat}, {_short(name)}", fontsize=10)
+                what = {"mean": "mean (active)", "median": "median (active)",
+                        "mean_all": "mean (inactive = 0)"}[stat]
+                ax.set_title(f"SNR {what}, {_short(name)}", fontsize=10)
             fig.suptitle(f"Gradient signal-to-noise ratio |mean|/std over a batch, {task}", fontsize=11)
             _legend(fig, axes)
             files += _save(fig, out_dir, f"gradient_snr{tag}", formats)

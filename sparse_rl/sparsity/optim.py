@@ -68,7 +68,8 @@ def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
              sparsity=None) -> optax.GradientTransformationExtraArgs:
     """Wrap `tx` so params stay sparse under `config`.
 
-    key: PRNG key for initial masks and mask updates (default PRNGKey(0); may be traced).
+    key: PRNG key for initial masks and mask updates (default PRNGKey(0); may be traced). Only
+        `init` reads it; later updates use the key carried in the state.
     sparsity: optional (possibly traced) scalar replacing `config.sparsity`.
     `update(grads, state, params, **extra)` needs params; `grads` should be the dense gradient at
     the masked params (RigL grows by it); extra args reach `tx` when it accepts them. Use it as

@@ -55,6 +55,8 @@ def run(ctx: RunContext) -> dict:
     continuous = not hasattr(action_spec, "num_values")
     learning_starts = _learning_starts(config, run_cfg.env)
     n_step = getattr(config, "n_step", 1)
+    # Agents that take several gradient steps per update sample one fresh batch for each.
+    sample_size = ctx.module.sample_size(config) if hasattr(ctx.module, "sample_size") else config.batch_size
     gamma = getattr(config, "gamma", 0.99)
 
     env = envs.make_env(run_cfg.env, run_cfg.seed)
@@ -85,7 +87,7 @@ def run(ctx: RunContext) -> dict:
     # Metric columns: the agent's update metrics (read from its output shapes, no compile) and
     # the per-network sparsities.
     _, metric_shapes = jax.eval_shape(
-        agent.update, state, _example_batch(obs_spec, action_spec, config.batch_size), update_key
+        agent.update, state, _example_batch(obs_spec, action_spec, sample_size), update_key
     )
     metric_names = sorted(metric_shapes)
     extra_log = getattr(ctx.module, "extra_log", None)
@@ -165,7 +167,7 @@ def run(ctx: RunContext) -> dict:
         obs = next_obs
 
         if step >= learning_starts and (step - learning_starts) % config.train_every == 0 and len(replay) >= config.batch_size:
-            batch = replay.sample(config.batch_size, n_step=n_step, gamma=gamma) if n_step > 1 else replay.sample(config.batch_size)
+            batch = replay.sample(sample_size, n_step=n_step, gamma=gamma)
             key = jax.random.fold_in(update_key, step)
             if recorder is not None:
                 recorder.before_update(state, batch)

@@ -340,9 +340,13 @@ def train(run: RunConfig, agent_config=None) -> dict:
     out = run.out or default_out(run, agent_config)
     rundir = RunDir(out, resume=run.resume)
     ctx = RunContext(run, agent_config, rundir, env_spec, agent, module)
+    started = False
     try:
         rundir.write_config(ctx.config_dict() | {"out": str(out), "library_version": sparse_rl.__version__},
                             ignore=("library_version", "out"))
+        # Issue 7: a resume refused for other settings is a usage error; it must not mark the run
+        # FAILED (a killed, resumable run would then look failed to a sweep).
+        started = True
         loop = importlib.import_module(LOOP_MODULES[module.LOOP])
         summary = loop.run(ctx)
         kill_point("complete")  # test hook (faults.py): killed after the summary, before COMPLETE
@@ -351,7 +355,8 @@ def train(run: RunConfig, agent_config=None) -> dict:
     except KeyboardInterrupt:
         raise
     except Exception as error:  # recorded for sweeps, then re-raised for the caller
-        rundir.mark_failed(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+        if started:
+            rundir.mark_failed(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
         raise
     finally:
         ctx.close()

@@ -1,0 +1,148 @@
+"""Sweep throughput: 8 DQN seeds on CartPole as separate processes vs one vectorised process.
+
+    python benchmarks/bench_sweep.py                       # 8 seeds x 10k steps, MLP 512-512
+    python benchmarks/bench_sweep.py --steps 2000 --widths 64,64   # a quick check
+
+Both modes run the real command a user runs, `sparse-rl sweep`, on the same grid (DQN, RigL 90%,
+CartPole-v1, seeds 0-7) into fresh directories:
+
+* separate: the local backend, `--workers 2` (one process per seed, two at a time);
+* vectorised: `--vectorize-seeds --workers 1` (one process, the 8 seeds vmapped).
+
+Reported per mode: total env steps per second (8 x steps / wall time of the whole sweep command,
+process start, compilation and evaluation included), the sum of the runs' steady-state SPS, total
+compile time (summed over processes), and summed peak memory (the peak resident set of every
+process of the sweep, sampled every 50 ms with psutil, summed over processes). Also whether both
+modes gave the same evaluation returns. Results: benchmarks/results/sweep.json.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_sweep(argv: list[str]) -> dict:
+    """Run `sparse-rl sweep argv`; wall time and summed per-process peak RSS."""
+    import psutil
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "sparse_rl.cli", "sweep", *argv]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    peaks: dict[int, int] = {}
+    parent = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            procs = [parent] + parent.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        for p in procs:
+            try:
+                rss = p.memory_info().rss
+            except psutil.Error:
+                continue
+            peaks[p.pid] = max(peaks.get(p.pid, 0), rss)
+        time.sleep(0.05)
+    output = proc.communicate()[0]
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"sweep failed ({proc.returncode}):\n{output[-3000:]}")
+    # The sweep process itself only plans and waits; the workers do the training.
+    worker_peaks = {pid: rss for pid, rss in peaks.items() if pid != proc.pid}
+    return {"wall_seconds": wall, "peak_rss_mib_sum": sum(worker_peaks.values()) / 2**20,
+            "sweep_process_peak_rss_mib": peaks.get(proc.pid, 0) / 2**20,
+            "processes": len(worker_peaks), "output_tail": output[-600:]}
+
+
+def summaries(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("dqn/*/*/seed*/summary.json"))]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--widths", default="512,512", help="MLP widths (the paper's classic control: 512,512)")
+    p.add_argument("--method", default="rigl")
+    p.add_argument("--sparsity", default="0.9")
+    p.add_argument("--workers", type=int, default=2, help="workers of the separate-process mode")
+    p.add_argument("--no-compile-cache", action="store_true", help="disable the sweep's shared compile cache")
+    p.add_argument("--keep", action="store_true", help="keep the run directories")
+    args = p.parse_args(argv)
+
+    base = tempfile.mkdtemp(prefix="bench-sweep-")
+    grid = ["--agent", "dqn", "--env", "CartPole-v1", "--methods", args.method, "--sparsities", args.sparsity,
+            "--seeds", f"0-{args.seeds - 1}", "--steps", str(args.steps), "--set", f"dqn.widths={args.widths}",
+            "--eval-every", str(max(args.steps // 4, 1)), "--eval-episodes", "10", "--checkpoint-every", "0",
+            "--analysis-every", "0", "--no-progress"]
+    if args.no_compile_cache:
+        grid.append("--no-compile-cache")
+    modes = {
+        "separate": ["--workers", str(args.workers)],
+        "vectorized": ["--vectorize-seeds", "--workers", "1"],
+    }
+    results = {}
+    returns = {}
+    try:
+        for name, extra in modes.items():
+            out = Path(base) / name
+            print(f"{name}: sparse-rl sweep {' '.join(grid + extra)} --out {out}", flush=True)
+            measured = run_sweep([*grid, *extra, "--out", str(out)])
+            runs = summaries(out)
+            assert len(runs) == args.seeds, f"{name}: {len(runs)} of {args.seeds} runs finished"
+            total_steps = args.seeds * args.steps
+            if name == "vectorized":
+                compile_total = runs[0]["compile_seconds"]
+                steady = runs[0]["vectorized"]["total_steps_per_second"]
+            else:
+                compile_total = sum(r["compile_seconds"] for r in runs)
+                steady = sum(r["steps_per_second"] for r in runs)
+            results[name] = {
+                "total_env_steps": total_steps,
+                "sps": total_steps / measured["wall_seconds"],
+                "steady_sps_sum": steady,
+                "compile_seconds_total": compile_total,
+                "peak_rss_mib_sum": measured["peak_rss_mib_sum"],
+                "wall_seconds": measured["wall_seconds"],
+                "processes": measured["processes"],
+            }
+            returns[name] = [r["eval_returns"] for r in sorted(runs, key=lambda r: r["seed"])]
+            print(json.dumps(results[name]), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    sep, vec = results["separate"], results["vectorized"]
+    payload = {
+        "benchmark": "sweep", "machine": machine(),
+        "config": {"agent": "dqn", "env": "CartPole-v1", "method": args.method, "sparsity": float(args.sparsity),
+                   "seeds": args.seeds, "steps": args.steps, "widths": args.widths, "workers": args.workers,
+                   "compile_cache": not args.no_compile_cache},
+        "results": results,
+        "ratios": {"throughput_vectorized_vs_separate": vec["sps"] / sep["sps"],
+                   "steady_sps_vectorized_vs_separate": vec["steady_sps_sum"] / sep["steady_sps_sum"],
+                   "memory_vectorized_vs_separate": vec["peak_rss_mib_sum"] / sep["peak_rss_mib_sum"],
+                   "compile_vectorized_vs_separate": vec["compile_seconds_total"] / max(sep["compile_seconds_total"], 1e-9)},
+        "targets": {"throughput_ratio_at_least": 1.3, "memory_ratio_at_most": 0.25},
+        "same_eval_returns": returns["separate"] == returns["vectorized"],
+    }
+    path = write_results("sweep", payload)
+    print(json.dumps(payload["ratios"], indent=2))
+    print(f"same evaluation returns in both modes: {payload['same_eval_returns']}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
