@@ -41,6 +41,14 @@ def random_masks(params, seed, density=0.5):
         params)
 
 
+@pytest.fixture(autouse=True)
+def raise_recorder_errors(monkeypatch):
+    """The recorder turns errors into a warning during training; tests want to see them."""
+    from sparse_rl.analysis.gradient_flow import GradientFlowRecorder
+
+    monkeypatch.setattr(GradientFlowRecorder, "raise_errors", True)
+
+
 @pytest.fixture(scope="module")
 def net():
     network = tiny_mlp()
@@ -378,3 +386,13 @@ def test_observation_noise_keeps_integer_dtype():
     assert out.dtype == np.uint8 and out.max() <= 255
     f = _noisy(np.zeros(1000, np.float32), np.float64(0.5), np.random.default_rng(0))
     assert f.dtype == np.float32 and abs(f.std() - 0.5) < 0.05
+
+
+def test_recorder_error_stops_recording_not_training(tmp_path, dqn_agent, monkeypatch):
+    monkeypatch.setattr(gf.GradientFlowRecorder, "raise_errors", False)
+    state = dqn_agent.init(jax.random.PRNGKey(0))
+    rec = gf.make_recorder(dqn_agent, state, tmp_path, every=5)
+    monkeypatch.setattr(rec, "_periodic_stats", lambda *a: 1 / 0)
+    with pytest.warns(RuntimeWarning, match="analysis recording stopped: ZeroDivisionError"):
+        drive(dqn_agent, rec, state, 12)
+    assert json.loads(json.dumps(rec.close()))["error"].startswith("ZeroDivisionError")

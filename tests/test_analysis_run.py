@@ -20,7 +20,11 @@ def run_dir(tmp_path_factory):
             "--dqn.learning-starts", "100", "--dqn.batch-size", "32", "--eval-every", "300",
             "--eval-episodes", "2", "--log-every", "300", "--method", "rigl", "--sparsity", "0.8",
             "--update-every", "100", "--analysis-every", "100"]
-    train(*build_train_args(argv))
+    from sparse_rl.analysis.gradient_flow import GradientFlowRecorder
+
+    with pytest.MonkeyPatch.context() as mp:  # see recorder errors instead of a warning
+        mp.setattr(GradientFlowRecorder, "raise_errors", True)
+        train(*build_train_args(argv))
     return out
 
 
@@ -34,6 +38,7 @@ def test_training_writes_analysis(run_dir):
     assert np.all(m["topo/q/total/churn"][topology] >= 0)
     meta = json.loads((run_dir / "analysis.json").read_text())
     assert meta["records"]["periodic"] == 5 and meta["overhead_fraction"] >= 0
+    assert "error" not in meta
     assert (run_dir / "init_params.npz").exists()
 
 

@@ -91,24 +91,25 @@ def kernel_sparsity(tree) -> float:
 
 
 def test_heads_shapes_and_eval_actions(box_agent):
-    discrete_agent = ppo.make(tiny(), DISCRETE, 64)
-    for spec, agent in ((BOX, box_agent), (DISCRETE, discrete_agent)):
-        state = agent.init(jax.random.PRNGKey(0))
-        obs = jnp.ones((3, OBS_DIM))
-        action, log_prob, value = agent.act_with_info(state, obs, jax.random.PRNGKey(1))
-        assert log_prob.shape == (3,) and value.shape == (3,)
-        if spec is BOX:
-            assert action.shape == (3, 2) and action.dtype == jnp.float32
-            assert state.actor_params["~"]["log_std"].shape == (2,)
-            big = agent.act(state, obs * 1e3, jax.random.PRNGKey(2), 0, evaluation=True)
-            assert np.all(np.abs(np.asarray(big)) <= 1.0)  # evaluation clips the mean to the bounds
-        else:
-            assert action.shape == (3,) and action.dtype == jnp.int32
-            assert state.actor_params["policy_head"]["w"].shape == (16, 3)
-            assert "~" not in state.actor_params
-            greedy = agent.act(state, obs, jax.random.PRNGKey(2), 0, evaluation=True)
-            assert greedy.shape == (3,) and np.all((0 <= np.asarray(greedy)) & (np.asarray(greedy) < 3))
-        assert set(agent.networks(state)) == {"actor", "value"}
+    agent = box_agent
+    state = agent.init(jax.random.PRNGKey(0))
+    obs = jnp.ones((3, OBS_DIM))
+    action, log_prob, value = agent.act_with_info(state, obs, jax.random.PRNGKey(1))
+    assert action.shape == (3, 2) and action.dtype == jnp.float32
+    assert log_prob.shape == (3,) and value.shape == (3,)
+    assert state.actor_params["~"]["log_std"].shape == (2,)
+    big = agent.act(state, obs * 1e3, jax.random.PRNGKey(2), 0, evaluation=True)
+    assert np.all(np.abs(np.asarray(big)) <= 1.0)  # evaluation clips the mean to the bounds
+    assert set(agent.networks(state)) == {"actor", "value"}
+    # Categorical head: shapes only (eval_shape compiles nothing; the CartPole runs below execute it).
+    discrete = ppo.make(tiny(), DISCRETE, 64)
+    state = jax.eval_shape(discrete.init, jax.random.PRNGKey(0))
+    assert state.actor_params["policy_head"]["w"].shape == (16, 3) and "~" not in state.actor_params
+    action, log_prob, value = jax.eval_shape(discrete.act_with_info, state, obs, jax.random.PRNGKey(1))
+    assert action.shape == (3,) and action.dtype == jnp.int32 and log_prob.shape == value.shape == (3,)
+    greedy = jax.eval_shape(lambda s, o, k: discrete.act(s, o, k, 0, evaluation=True), state, obs,
+                            jax.random.PRNGKey(2))
+    assert greedy.shape == (3,) and greedy.dtype == jnp.int32
 
 
 def test_update_reduces_clipped_loss_and_keeps_masks(box_agent):
@@ -238,13 +239,17 @@ def compilation_cache(tmp_path_factory):
     """Reuse compiled programs between runs of one config (resume, determinism) within this module."""
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
     old = {name: getattr(jax.config, name) for name in names}
+    cc.reset_cache()  # JAX decides once per process whether the cache is used: decide again
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     yield
     for name, value in old.items():
         jax.config.update(name, value)
+    cc.reset_cache()  # later test modules get the process's own setting back
 
 
 def run_cli(tmp_path, env, *extra, name="run", steps=STEPS):
@@ -288,7 +293,7 @@ def test_every_method_runs_through_the_runner(tmp_path, monkeypatch, env, pair):
                            "--ppo.actor-sparsity.sparsity", "0.8", "--ppo.value-sparsity.sparsity", "0.6")
     # Each jitted function compiled once for the whole run (4 iterations, 2 evaluations).
     (agent,) = built
-    for name in ("update", "act_with_info", "value", "act"):
+    for name in ("update", "value", "act"):
         assert getattr(agent, name)._cache_size() == 1, name
     for name in ("config.json", "metrics.csv", "summary.json", "COMPLETE"):
         assert (out / name).exists(), name

@@ -113,26 +113,32 @@ def test_changed_grid_on_existing_cells_is_refused(base_sweep):
 
 
 def test_vectorized_seeds_equal_separate_runs_and_dense_matched(base_sweep, tmp_path):
-    """One process per cell group with both seeds vmapped gives the separate runs' results; a
-    dense-matched cell has its width multiplier and counts in summary.json."""
+    """One process with the seeds (and here the sparsity levels) of a method vmapped gives the
+    separate runs' results; a dense-matched cell has its width multiplier and counts in
+    summary.json."""
     base, _, _ = base_sweep
     out = tmp_path / "vec"
-    argv = ["--agent", "dqn", "--env", "CartPole-v1", "--methods", "rigl,dense-matched",
-            "--sparsities", "0.9", "--seeds", "0,1", "--workers", "2", "--no-progress",
-            "--vectorize-seeds", *TRAIN, "--out", str(out)]
-    assert _sweep(*argv) == 0
-    for seed in (0, 1):
-        cid = f"dqn/CartPole-v1/rigl-0.9/seed{seed}"
+    argv = ["--agent", "dqn", "--env", "CartPole-v1", "--methods", "rigl", "--sparsities", "0.5,0.9",
+            "--seeds", "0,1", "--workers", "2", "--no-progress", "--vectorize-sparsities", *TRAIN,
+            "--out", str(out)]
+    grid, options, _ = sweep_cli.build_grid(argv)
+    tasks = sweep_cli.make_tasks(G.plan(grid), {c.id: "run" for c in G.plan(grid)}, True, levels=True)
+    assert len(tasks) == 1 and len(tasks[0]["cells"]) == 4  # one process for the four runs
+    # dense-matched levels have different widths: one process per level, seeds vmapped
+    matched = ["--methods", "dense-matched", "--sparsities", "0.9", "--vectorize-seeds"]
+    assert _sweep(*argv, "--workers", "1") == 0 and _sweep(*argv, *matched) == 0
+    for seed, level in ((0, 0.5), (1, 0.5), (0, 0.9), (1, 0.9)):
+        cid = f"dqn/CartPole-v1/rigl-{level}/seed{seed}"
         _same_metrics(out / cid, base / cid)
         vec = json.loads((out / cid / "summary.json").read_text())
         sep = json.loads((base / cid / "summary.json").read_text())
         assert vec["eval_returns"] == sep["eval_returns"]
         assert vec["nonzero_params"] == sep["nonzero_params"]
-        assert vec["vectorized"]["seeds"] == [0, 1]
+        assert vec["vectorized"]["runs"] == 4 and vec["vectorized"]["seeds"] == [0, 1, 0, 1]
         assert json.loads((out / cid / "config.json").read_text())["run"] == \
             json.loads((base / cid / "config.json").read_text())["run"]
-    logs = list((out / "logs" / "dqn/CartPole-v1/rigl-0.9").glob("seeds-*.log"))
-    assert [p.name for p in logs] == ["seeds-0-1.log"]  # one process for both seeds
+    assert (out / "logs" / "dqn/CartPole-v1/rigl-0.5-to-rigl-0.9-seeds-0-to-1.log").is_file()
+    assert (out / "logs" / "dqn/CartPole-v1/dense-matched-0.9/seeds-0-1.log").is_file()
 
     cells = {c["id"]: c for c in json.loads((out / "sweep.json").read_text())["cells"]}
     info = cells["dqn/CartPole-v1/dense-matched-0.9/seed0"]["dense_matched"]

@@ -15,6 +15,11 @@ Box actions: a state-independent log-std (a 1-D parameter, so never sparsified) 
 raw, unclipped sample is returned by `act`; the env loop clips it to the bounds when stepping and
 stores the unclipped action. Evaluation returns the mean clipped to the bounds. Discrete actions: a
 categorical head. Image observations (uint8) go through a CNN torso (`network="nature_cnn"`).
+
+    sparse-rl train --agent ppo --env Hopper-v5 --method rigl --sparsity 0.9      # both networks
+    sparse-rl train --agent ppo --env Hopper-v5 --ppo.actor-sparsity.method prune \
+        --ppo.actor-sparsity.sparsity 0.8 --ppo.value-sparsity.method dense        # per network
+    sparse-rl train --agent ppo --env CartPole-v1                                  # classic preset
 """
 
 import dataclasses
@@ -293,6 +298,15 @@ class PPOAgent(NamedTuple):
     info: dict
     # No `sparse_rl.analysis` hook yet: one PPO update is many gradient steps (see the README).
     analysis: Any = None
+
+
+def acting_view(state: PPOState) -> PPOState:
+    """The state without its optimiser states: all that `act`, `act_with_info` and `value` read.
+
+    The env loop passes this to the per-step functions so that each call flattens and transfers a
+    few arrays instead of the whole optimiser state (masks, Adam moments).
+    """
+    return state._replace(actor_opt_state=None, value_opt_state=None)
 
 
 def num_iterations(config: Config, total_steps: int) -> int:

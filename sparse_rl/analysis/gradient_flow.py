@@ -533,9 +533,12 @@ class GradientFlowRecorder:
             for path in s["layers"]:
                 s["layers"][path]["ever_active"] = 0.0
             cols += _stat_keys(f"topo/{name}", s)
-        header = self._existing_header if self._existing_header == cols else cols
-        self.writer = MetricsWriter(self.path / ANALYSIS_FILE, header, fsync=False)
-        self._fields = set(header)
+        file = self.path / ANALYSIS_FILE
+        if self._existing_header is not None and self._existing_header != cols and file.exists():
+            # written by another version of this code: keep it aside rather than mix columns
+            file.replace(file.with_name(f"analysis-{int(time.time())}.csv"))
+        self.writer = MetricsWriter(file, cols, fsync=False)
+        self._fields = set(cols)
 
     def _call(self, name, fn, *args):
         start = time.perf_counter()
@@ -571,15 +574,42 @@ class GradientFlowRecorder:
 
     def before_update(self, state, batch) -> None:
         """Call just before `agent.update(state, batch, ...)` (which may donate `state`)."""
+        if self.error is None:
+            self._guard(self._before_update, state, batch)
+
+    def after_update(self, state, batch, env_step: int) -> None:
+        """Call just after `agent.update`, with the new state and the env steps done so far."""
+        if self.error is None:
+            self._guard(self._after_update, state, batch, env_step)
+
+    def _guard(self, fn, *args):
+        # Analysis must never stop a training run: on an error, warn once and stop recording
+        # (the error is kept in analysis.json).
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001
+            if self.raise_errors:
+                raise
+            import traceback
+            import warnings
+
+            self.error = f"{type(e).__name__}: {e}"
+            self._traceback = traceback.format_exc()
+            warnings.warn(f"analysis recording stopped: {self.error}", RuntimeWarning, stacklevel=3)
+
+    error: str | None = None
+    raise_errors = False  # tests set this to see errors instead of a warning
+
+    def _before_update(self, state, batch) -> None:
         self._pending = None
         if self.sparsity and self._topology_in_call():
+            jax.block_until_ready(state)
             g, _ = self._call("grads", self._grads, state, batch)
             # real host copies: the update donates `state`, whose buffers params / masks may share
             self._pending = self._host(lambda: {name: _host_copy(g[name]) for name in self.sparsity
                                                 if name in g})
 
-    def after_update(self, state, batch, env_step: int) -> None:
-        """Call just after `agent.update`, with the new state and the env steps done so far."""
+    def _after_update(self, state, batch, env_step: int) -> None:
         from sparse_rl.sparsity import get_sparse_state
 
         previous = self.grad_step
@@ -593,6 +623,10 @@ class GradientFlowRecorder:
         self.grad_step = previous + self._per_call
         periodic = self.every > 0 and previous // self.every != self.grad_step // self.every
         g = None
+        if periodic or self._pending is not None:
+            # The update runs asynchronously; its own time (a mask update can be slow) is training
+            # time, not analysis time: wait for it before the clock starts.
+            jax.block_until_ready(state)
 
         if self._pending is not None:
             pre, self._pending = self._pending, None
@@ -638,6 +672,9 @@ class GradientFlowRecorder:
                 "records": self.counts, "seconds": self.seconds,
                 "seconds_by": self.seconds_by, "compile_seconds": self.compile_seconds,
                 "compile_by": self.compile_by}
+        if self.error is not None:
+            meta["error"] = self.error
+            meta["traceback"] = self._traceback
         if loop_seconds:
             meta["loop_seconds"] = float(loop_seconds)
             meta["overhead_fraction"] = self.seconds / max(float(loop_seconds), 1e-9)

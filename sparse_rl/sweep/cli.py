@@ -24,7 +24,8 @@ from sparse_rl.sweep import grid as G
 
 BACKENDS = ("local", "ray")
 OPTION_DEFAULTS = {"workers": None, "backend": "local", "ray_address": None, "cpus_per_run": None,
-                   "retry_failed": False, "vectorize_seeds": False, "dry_run": False, "progress": None,
+                   "retry_failed": False, "vectorize_seeds": False, "vectorize_sparsities": False,
+                   "dry_run": False, "progress": None,
                    "compile_cache": True}
 
 EPILOG = """\
@@ -64,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", default=None, help="re-run failed cells (resuming from their last checkpoint)")
     p.add_argument("--vectorize-seeds", action="store_true", default=None,
                    help="train the seeds of a cell in one process, vmapped (DQN)")
+    p.add_argument("--vectorize-sparsities", action="store_true", default=None,
+                   help="also train the sparsity levels of a method together (implies --vectorize-seeds)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the cells and their status, run nothing")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
     p.add_argument("--no-compile-cache", action="store_true",
@@ -98,7 +101,8 @@ def build_grid(argv) -> tuple[G.Grid, dict, list[str]]:
             raise ConfigError("sweep", f"unknown option {token!r}", "see sparse-rl sweep --help")
     fields["train_args"] = tuple(rest)
     grid = dataclasses.replace(grid, **fields)
-    for name in ("workers", "backend", "ray_address", "cpus_per_run", "retry_failed", "vectorize_seeds"):
+    for name in ("workers", "backend", "ray_address", "cpus_per_run", "retry_failed", "vectorize_seeds",
+                 "vectorize_sparsities"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
@@ -126,7 +130,7 @@ def default_options(options: dict | None = None) -> dict:
           f"must be > 0, got {c!r}")
     check(options["ray_address"] is None or options["backend"] == "ray", "ray_address",
           "only used with --backend ray")
-    for key in ("retry_failed", "vectorize_seeds", "dry_run", "compile_cache"):
+    for key in ("retry_failed", "vectorize_seeds", "vectorize_sparsities", "dry_run", "compile_cache"):
         check(isinstance(options[key], bool), key, f"must be true or false, got {options[key]!r}")
     return options
 
@@ -151,7 +155,10 @@ def classify(cells: list[G.Cell], retry_failed: bool) -> dict[str, str]:
     return out
 
 
-def make_tasks(cells: list[G.Cell], states: dict[str, str], vectorize: bool) -> list[dict]:
+def make_tasks(cells: list[G.Cell], states: dict[str, str], vectorize: bool,
+               levels: bool = False) -> list[dict]:
+    """Worker tasks for the cells to run: one cell each, or with `vectorize` the fresh cells of a
+    cell group (its seeds; with `levels` also the sparsity levels of a sparse method) together."""
     def spec(c: G.Cell) -> dict:
         return {"id": c.id, "path": c.path, "argv": c.argv, "resume": states[c.id] == "resume",
                 "dense_matched": c.dense_matched, "steps": c.steps}
@@ -167,7 +174,8 @@ def make_tasks(cells: list[G.Cell], states: dict[str, str], vectorize: bool) -> 
         # Fresh cells of a supported agent are trained together; a cell with something to resume
         # (checkpoints of its own) runs alone, and resumes exactly, from the same file format.
         if states[c.id] == "run" and supports(c.agent):
-            groups.setdefault(c.group, []).append(c)
+            key = f"{c.agent}/{c.env}/{c.method}" if levels and c.method in G.SPARSE_METHODS else c.group
+            groups.setdefault(key, []).append(c)
         else:
             tasks.append({"cells": [spec(c)], "vectorized": False})
     for group in groups.values():
@@ -214,6 +222,7 @@ def write_sweep_json(out: Path, grid: G.Grid, options: dict, argv: list[str], ce
         },
         "backend": options["backend"],
         "vectorize_seeds": bool(options["vectorize_seeds"]),
+        "vectorize_sparsities": bool(options["vectorize_sparsities"]),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cells": list(entries.values()),
     }
@@ -279,7 +288,8 @@ def run_sweep(grid: G.Grid, options: dict, argv: list[str] | None = None) -> int
         return 0
     out.mkdir(parents=True, exist_ok=True)
     with _SweepLock(out):
-        tasks = make_tasks(cells, states, options["vectorize_seeds"])
+        tasks = make_tasks(cells, states, options["vectorize_seeds"] or options["vectorize_sparsities"],
+                           levels=options["vectorize_sparsities"])
         statuses = {cid: ("complete" if s == "complete" else "failed" if s == "failed" else
                           "busy" if s == "busy" else "pending") for cid, s in states.items()}
         write_sweep_json(out, grid, options, argv, cells, statuses)

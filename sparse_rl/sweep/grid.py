@@ -45,6 +45,7 @@ FILE_KEYS = {
     "seeds": "seeds", "steps": "steps", "out": "out", "set": "set", "workers": "workers",
     "backend": "backend", "ray_address": "ray_address", "cpus_per_run": "cpus_per_run",
     "vectorize_seeds": "vectorize_seeds", "retry_failed": "retry_failed", "compile_cache": "compile_cache",
+    "vectorize_sparsities": "vectorize_sparsities",
 }
 
 

@@ -299,9 +299,14 @@ def log_path(out: str | os.PathLike, task: dict) -> Path:
     cells = task["cells"]
     if len(cells) == 1:
         return Path(out) / "logs" / f"{cells[0]['id']}.log"
-    group = cells[0]["id"].rsplit("/", 1)[0]
-    seeds = "-".join(c["id"].rsplit("seed", 1)[-1] for c in cells)
-    return Path(out) / "logs" / group / f"seeds-{seeds}.log"
+    groups = list(dict.fromkeys(c["id"].rsplit("/", 1)[0] for c in cells))
+    seeds = list(dict.fromkeys(c["id"].rsplit("seed", 1)[-1] for c in cells))
+    if len(groups) == 1:
+        return Path(out) / "logs" / groups[0] / f"seeds-{'-'.join(seeds)}.log"
+    # several sparsity levels: <agent>/<env>/<first level>-to-<last level>-seeds-<first>-to-<last>
+    parent, first = groups[0].rsplit("/", 1)
+    last = groups[-1].rsplit("/", 1)[1]
+    return Path(out) / "logs" / parent / f"{first}-to-{last}-seeds-{seeds[0]}-to-{seeds[-1]}.log"
 
 
 def finalize_task(task: dict, returncode: int | None, log: Path | None, error: str | None = None) -> list[dict]:

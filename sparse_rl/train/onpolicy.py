@@ -133,6 +133,11 @@ def run(ctx: RunContext) -> dict:
         }
         ctx.save_checkpoint(step, {"agent": state}, arrays, counters, state=state)
 
+    # One dispatch per env step: the key is folded in inside the jitted call, and the state is
+    # passed without its optimiser states (`ppo.acting_view`).
+    acting_view = getattr(ctx.module, "acting_view", lambda s: s)
+    act_fn = jax.jit(lambda s, o, k, i: agent.act_with_info(s, o, jax.random.fold_in(k, i)))
+
     # Rollout buffers (numpy, reused).
     buf_obs = np.zeros((T, N, *info["obs_shape"]), obs_dtype)
     buf_action = np.zeros((T, N, *info["action_shape"]), info["action_dtype"])
@@ -151,13 +156,14 @@ def run(ctx: RunContext) -> dict:
     eval_before = ctx.eval_seconds
     step = start_step
     for iteration in range(start_iteration, iterations):
+        acting = acting_view(state)
         for t in range(T):
-            key = jax.random.fold_in(act_key, iteration * T + t)
+            index = np.int32(iteration * T + t)
             if not compiled_act:
-                out = timed_compile(ctx, agent.act_with_info, state, obs, key)
+                out = timed_compile(ctx, act_fn, acting, obs, act_key, index)
                 compiled_act = True
             else:
-                out = agent.act_with_info(state, obs, key)
+                out = act_fn(acting, obs, act_key, index)
             action, log_prob, value = jax.device_get(out)
             env_action = action if discrete else np.clip(action, low, high)
             next_obs, reward, terminated, truncated, infos = env.step(env_action)
@@ -168,7 +174,7 @@ def run(ctx: RunContext) -> dict:
             buf_terminated[t] = terminated
             buf_truncated[t] = truncated
             if truncated.any():
-                final = np.asarray(agent.value(state, infos["next_obs"]))
+                final = np.asarray(agent.value(acting, infos["next_obs"]))
                 buf_final_value[t] = np.where(truncated, final, 0.0)
             else:
                 buf_final_value[t] = 0.0
@@ -179,7 +185,7 @@ def run(ctx: RunContext) -> dict:
                 discounted[terminated | truncated] = 0.0
             buf_reward[t] = reward
             obs = next_obs
-        last_value = np.asarray(agent.value(state, obs))
+        last_value = np.asarray(agent.value(acting, obs))
         rollout = Rollout(buf_obs, buf_action, buf_log_prob, buf_value, buf_reward, buf_terminated,
                           buf_truncated, buf_final_value, last_value)
         rollout = jax.tree_util.tree_map(jnp.asarray, rollout)
@@ -209,7 +215,7 @@ def run(ctx: RunContext) -> dict:
             }
             if evaluated:
                 row["eval_return_mean"], row["eval_return_std"] = ctx.eval_history[-1][1:]
-            ctx.log(row)
+            ctx.log(row, state=state)  # state: NaN/Inf parameter scan at log points (issue 7)
             ctx.progress.update(step, sps=sps, ret=row["train_return"], sparsity=row["sparsity"])
         if run_cfg.checkpoint_every and (_crossed(before, step, run_cfg.checkpoint_every) or last):
             last_metrics = {k: float(v) for k, v in last_metrics.items()}

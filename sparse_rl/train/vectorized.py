@@ -382,6 +382,7 @@ def _run(ctxs: list[RunContext], agents: list, extras: list) -> list[dict]:
         if recorders[i] is not None:
             recorders[i].close(loop_seconds=elapsed)
         extra = {"vectorized": {"runs": S, "seeds": [c.run.seed for c in ctxs],
+                                "out": [str(c.run.out) for c in ctxs],
                                 "total_steps_per_second": mean_sps * S}}
         extra.update(extras[i] or {})
         summaries.append(ctx.write_summary(jax.tree_util.tree_map(lambda x, i=i: x[i], host), mean_sps, extra))
