@@ -7,7 +7,8 @@ Both modes run the real command a user runs, `sparse-rl sweep`, on the same grid
 CartPole-v1, seeds 0-7) into fresh directories:
 
 * separate: the local backend, `--workers 2` (one process per seed, two at a time);
-* vectorised: `--vectorize-seeds --workers 1` (one process, the 8 seeds vmapped).
+* vectorised: `--vectorize-seeds --workers 1 --cpus-per-run 2` (one process with two compute
+  threads, the 8 seeds vmapped).
 
 Reported per mode: total env steps per second (8 x steps / wall time of the whole sweep command,
 process start, compilation and evaluation included), the sum of the runs' steady-state SPS, total
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
         grid.append("--no-compile-cache")
     modes = {
         "separate": ["--workers", str(args.workers)],
-        "vectorized": ["--vectorize-seeds", "--workers", "1"],
+        # one process, allowed as many compute threads as the separate mode has workers
+        "vectorized": ["--vectorize-seeds", "--workers", "1", "--cpus-per-run", str(args.workers)],
     }
     results = {}
     returns = {}

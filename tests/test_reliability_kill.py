@@ -53,12 +53,22 @@ def subprocess_env(cache: Path) -> dict:
 
 
 def start(out: Path, *extra, kill_at=None, sig="SIGSTOP"):
+    """The training process; its stderr goes to a file (a pipe nobody reads while the process is
+    frozen could fill up and block it before its kill point), read back by `stderr_of`."""
     env = subprocess_env(out.parent / "jax-cache")
     if kill_at:
         env["SPARSE_RL_TEST_KILL_AT"] = kill_at
         env["SPARSE_RL_TEST_KILL_SIGNAL"] = sig
-    return subprocess.Popen([sys.executable, "-m", "sparse_rl.cli", *ARGS, "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = out.parent / f"{out.name}-{kill_at or 'end'}-{time.monotonic_ns()}.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "sparse_rl.cli", *ARGS, "--out", str(out), *extra],
+                                stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+    proc.log = log
+    return proc
+
+
+def stderr_of(proc) -> str:
+    return proc.log.read_text()
 
 
 def wait_stopped(proc, timeout=TIMEOUT):
@@ -66,8 +76,7 @@ def wait_stopped(proc, timeout=TIMEOUT):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"exited ({proc.returncode}) before its kill point:\n{err[-3000:]}")
+            raise AssertionError(f"exited ({proc.returncode}) before its kill point:\n{stderr_of(proc)[-3000:]}")
         try:
             state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except FileNotFoundError:
@@ -81,7 +90,7 @@ def wait_stopped(proc, timeout=TIMEOUT):
 
 def kill9(proc):
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
 
 
@@ -151,7 +160,7 @@ def chain(tmp_path_factory):
             time.sleep(0.02)
         if c.poll() is None:
             c.send_signal(signal.SIGKILL)
-        c.communicate(timeout=60)
+        c.wait(timeout=60)
         assert c.returncode == -signal.SIGKILL, c.returncode
         seen["C"] = observe(out)
 
@@ -163,10 +172,10 @@ def chain(tmp_path_factory):
 
         # E: resumed to the end.
         e = start(out, "--resume")
-        stdout, stderr = e.communicate(timeout=TIMEOUT)
-        seen["E"] = (e.returncode, stderr)
-        ref_out, ref_err = reference.communicate(timeout=TIMEOUT)
-        seen["reference"] = (reference.returncode, ref_err)
+        e.wait(timeout=TIMEOUT)
+        seen["E"] = (e.returncode, stderr_of(e))
+        reference.wait(timeout=TIMEOUT)
+        seen["reference"] = (reference.returncode, stderr_of(reference))
     finally:
         for proc in list(locals().values()):
             if isinstance(proc, subprocess.Popen) and proc.poll() is None:

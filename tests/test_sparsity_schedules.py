@@ -34,3 +34,11 @@ def test_update_steps():
         assert not bool(is_update_step(0, SparsityConfig(method=m)))
     # traced step inside jit
     assert bool(jax.jit(lambda t: is_update_step(t, rigl))(jnp.int32(4)))
+
+
+def test_prune_updates_at_end_step_when_window_is_not_a_multiple():
+    from sparse_rl.sparsity import SparsityConfig, is_update_step
+
+    cfg = SparsityConfig(method="prune", sparsity=0.9, update_every=4, start_step=0, end_step=10)
+    steps = [t for t in range(15) if bool(is_update_step(t, cfg))]
+    assert steps == [0, 4, 8, 10]

@@ -24,13 +24,17 @@ def drop_fraction(step, a, end):
 def is_update_step(step, config: SparsityConfig):
     """Whether the masks change at `step` (bool jnp scalar).
 
-    prune: start <= t <= end and (t - start) % every == 0. SET/RigL: t % every == 0 and t <= end
-    (t = 0 included). dense/static: never.
+    prune: start <= t <= end and ((t - start) % every == 0 or t == end). SET/RigL: t % every == 0
+    and t <= end (t = 0 included). dense/static: never.
+
+    The extra pruning step at t == end makes every run reach its final sparsity even when the window
+    is not a multiple of the interval (a short run whose window was rescaled from fractions); at the
+    paper's settings the window is a multiple, so this adds no step there.
     """
     t = jnp.asarray(step, jnp.int32)
     if config.method == "prune":
         s, e = config.start_step, config.end_step
-        return (t >= s) & (t <= e) & ((t - s) % config.update_every == 0)
+        return (t >= s) & (t <= e) & (((t - s) % config.update_every == 0) | (t == e))
     if config.method in DYNAMIC_METHODS:
         return (t % config.update_every == 0) & (t <= config.end_step)
     return jnp.zeros((), bool)

@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="parallel runs (default: number of CPU cores)")
     p.add_argument("--backend", choices=None, help="local (default) or ray")
     p.add_argument("--ray-address", help="address of an existing Ray cluster (default: a local instance on 127.0.0.1)")
-    p.add_argument("--cpus-per-run", type=float, help="CPUs per run (Ray resource request, worker threads); default 1")
+    p.add_argument("--cpus-per-run", type=float,
+                   help="CPUs per run: its compute threads (local and Ray) and its Ray resource request; default 1")
     p.add_argument("--retry-failed", action="store_true", default=None, help="re-run failed cells (resuming from their last checkpoint)")
     p.add_argument("--vectorize-seeds", action="store_true", default=None,
                    help="train the seeds of a cell in one process, vmapped (DQN)")

@@ -347,8 +347,9 @@ def run_local(tasks: list[dict], out: str, *, workers: int, threads: int | None 
     interrupt is re-raised once they have exited.
     """
     workers = max(1, int(workers))
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(tasks))))
+    # One thread per run unless asked (--cpus-per-run): a run's numbers then do not depend on how
+    # many workers the sweep happened to use (XLA's multi-threaded kernels may sum in another order).
+    threads = 1 if threads is None else max(1, int(threads))
     env = worker_env(threads, share_accelerator=workers > 1,
                      compile_cache=compile_cache_dir(out) if compile_cache else None)
     env[PARENT_VAR] = str(os.getpid())
