@@ -29,6 +29,8 @@ import pytest
 from sparse_rl.train import checkpoint as ckpt
 from sparse_rl.train.rundir import RunDir, run_status
 
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see a frozen process")
+
 STEPS = 800
 ARGS = [
     "train", "--steps", str(STEPS), "--seed", "3", "--method", "rigl", "--sparsity", "0.8",

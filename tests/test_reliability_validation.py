@@ -156,9 +156,12 @@ def test_invalid_config_field_raises_value_error_naming_it(name, cls, default, r
 
 
 @pytest.mark.parametrize("name, cls, default, ranges", CASES, ids=[c[0] for c in CASES])
-def test_defaults_and_presets_are_valid(name, cls, default, ranges):
-    # The tables above only hold invalid values: the defaults themselves must construct.
+def test_defaults_are_valid(name, cls, default, ranges):
+    # The tables above only hold invalid values: the defaults (and each agent's presets) construct.
     assert dataclasses.replace(default) == default
+    module = sys.modules.get(cls.__module__)
+    for preset in getattr(module, "PRESETS", {}).values():
+        assert dataclasses.replace(preset) == preset
 
 
 # --- command line (in process: the same parser as `sparse-rl train`) -----------------------------

@@ -44,7 +44,7 @@ from sparse_rl.sparsity import leaf_paths
 __all__ = [
     "AnalysisHook", "layer_norms", "gradient_flow_stats", "per_sample_grads", "gradient_snr",
     "topology_update_effect", "snr_values", "summarize_snr", "flatten_stats", "should_record",
-    "is_update_step_py",
+    "update_steps",
     "GradientFlowRecorder", "make_recorder", "save_tree_npz", "load_tree_npz",
     "GF_STATS", "TOPO_STATS", "SNR_STATS", "ANALYSIS_FILE", "INIT_PARAMS_FILE",
 ]
@@ -281,16 +281,16 @@ def should_record(grad_step: int, every: int) -> bool:
     return every > 0 and grad_step % every == 0
 
 
-def is_update_step_py(step: int, config) -> bool:
-    """Python-int twin of `sparse_rl.sparsity.is_update_step` (masks change in the update call whose
-    pre-increment step count is `step`)."""
-    method = getattr(config, "method", "dense")
-    if method == "prune":
-        s, e = config.start_step, config.end_step
-        return s <= step <= e and (step - s) % config.update_every == 0
-    if method in ("set", "rigl"):
-        return step % config.update_every == 0 and step <= config.end_step
-    return False
+def update_steps(config) -> np.ndarray:
+    """Sorted step counts at which the sparsify wrapper changes the masks of `config` (empty for
+    dense / static), from the core's own `is_update_step` (masks change in the update call whose
+    pre-increment step count is in the array); methods that change masks stop after `end_step`."""
+    from sparse_rl.sparsity import is_update_step
+
+    if getattr(config, "method", "dense") not in ("prune", "set", "rigl"):
+        return np.zeros((0,), np.int64)
+    steps = np.arange(int(config.end_step) + 1)
+    return steps[np.asarray(is_update_step(jnp.asarray(steps, jnp.int32), config))]
 
 
 # --- init params on disk --------------------------------------------------------------------------
@@ -386,6 +386,8 @@ class GradientFlowRecorder:
         self.writer = None
         self.sparsity = {k: v for k, v in (hook.sparsity or {}).items()
                          if getattr(v, "method", "dense") in ("prune", "set", "rigl")}
+        self._updates = np.unique(np.concatenate(
+            [update_steps(c) for c in self.sparsity.values()] or [np.zeros((0,), np.int64)]))
 
         nets = networks(state)
         try:  # gradient steps done so far: the sparsify wrapper counts them (checkpointed)
@@ -568,9 +570,11 @@ class GradientFlowRecorder:
 
     # --- loop interface -------------------------------------------------------------------------
     def _topology_in_call(self) -> bool:
+        """Whether a mask update happens in the next update call (gradient steps
+        grad_step .. grad_step + per_call - 1)."""
         k = self._per_call or 1
-        return any(is_update_step_py(t, cfg) for cfg in self.sparsity.values()
-                   for t in range(self.grad_step, self.grad_step + k))
+        i = np.searchsorted(self._updates, self.grad_step)
+        return i < len(self._updates) and self._updates[i] < self.grad_step + k
 
     def before_update(self, state, batch) -> None:
         """Call just before `agent.update(state, batch, ...)` (which may donate `state`)."""

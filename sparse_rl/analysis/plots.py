@@ -57,17 +57,36 @@ def _grid(n: int, width: float = 4.2, height: float = 3.2, ncols: int = 3):
     return fig, list(axes.flat[:n])
 
 
-def _legend(fig, axes) -> None:
+def _legend(fig, axes, order: Sequence[str] = ()) -> None:
     seen = {}
     for ax in axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, h)
+    if order:  # groups in method order, each group's entries together
+        def rank(label):
+            hits = [i for i, g in enumerate(order) if label == g or label.startswith(g + " ")
+                    or label.startswith(g + ":")]
+            return hits[-1] if hits else len(order)
+        seen = dict(sorted(seen.items(), key=lambda kv: rank(kv[0])))
     if seen:
         fig.legend(list(seen.values()), list(seen), loc="lower center", frameon=False,
                    ncol=min(len(seen), 5), bbox_to_anchor=(0.5, -0.02))
         fig.tight_layout(rect=(0, 0.05 + 0.04 * ((len(seen) - 1) // 5), 1, 1))
     else:
         fig.tight_layout()
+
+
+def _steps_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    def fmt(x, _pos):
+        ax = abs(x)
+        if ax >= 1e6:
+            return f"{x / 1e6:g}M"
+        if ax >= 1e3:
+            return f"{x / 1e3:g}k"
+        return f"{x:g}"
+    return FuncFormatter(fmt)
 
 
 def _short(path: str) -> str:
@@ -204,7 +223,8 @@ def _series(runs: Sequence[RunAnalysis], event: str, column: str):
     return np.array(xs), m.mean(0), m.min(0), m.max(0)
 
 
-def _plot_series(ax, groups, styles, event, column, *, log=False, linestyle="-", label_suffix=""):
+def _plot_series(ax, groups, styles, event, column, *, log=False, linestyle="-", label_suffix="",
+                 seeds_in_label=True):
     drawn = False
     positive = True
     for g, runs in groups.items():
@@ -213,13 +233,14 @@ def _plot_series(ax, groups, styles, event, column, *, log=False, linestyle="-",
             continue
         x, mean, lo, hi = s
         positive = positive and bool(np.all(lo > 0))
-        label = g + label_suffix + (f" (n={len(runs)})" if len(runs) > 1 and not label_suffix else "")
+        label = g + label_suffix + (f" (n={len(runs)})" if len(runs) > 1 and seeds_in_label else "")
         ax.plot(x, mean, color=styles[g], linestyle=linestyle, label=label, lw=1.4)
         if len(runs) > 1:
             ax.fill_between(x, lo, hi, color=styles[g], alpha=0.15, lw=0)
         drawn = True
     if drawn and log and positive and not ax.get_yscale() == "log":
         ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(_steps_formatter())
     ax.set_xlabel("gradient step")
     ax.grid(alpha=0.3)
     return drawn
@@ -266,7 +287,7 @@ def plot_gradient_flow(runs: Sequence[RunAnalysis], out_dir, formats=FORMATS) ->
                          log=stat.endswith("grad_norm"))
             ax.set_title(f"{net}: {stat.replace('_', ' ')}", fontsize=10)
         fig.suptitle(f"Gradient flow, {task}", fontsize=11)
-        _legend(fig, axes)
+        _legend(fig, axes, list(groups))
         files += _save(fig, out_dir, f"gradient_flow{tag}", formats)
 
         # 2. per-layer gradient norms (masked solid, dense dashed)
@@ -280,7 +301,7 @@ def plot_gradient_flow(runs: Sequence[RunAnalysis], out_dir, formats=FORMATS) ->
                              log=True, linestyle="--", label_suffix=" (dense grad)")
                 ax.set_title(_short(layer), fontsize=10)
             fig.suptitle(f"Per-layer gradient norm (solid: masked, dashed: dense), {task}", fontsize=11)
-            _legend(fig, axes)
+            _legend(fig, axes, list(groups))
             files += _save(fig, out_dir, f"gradient_flow_layers{tag}", formats)
 
         # 3. SNR
@@ -300,7 +321,7 @@ def plot_gradient_flow(runs: Sequence[RunAnalysis], out_dir, formats=FORMATS) ->
                         "mean_all": "mean (inactive = 0)"}[stat]
                 ax.set_title(f"SNR {what}, {_short(name)}", fontsize=10)
             fig.suptitle(f"Gradient signal-to-noise ratio |mean|/std over a batch, {task}", fontsize=11)
-            _legend(fig, axes)
+            _legend(fig, axes, list(groups))
             files += _save(fig, out_dir, f"gradient_snr{tag}", formats)
 
         # 4. effect of topology updates on gradient flow
@@ -311,20 +332,22 @@ def plot_gradient_flow(runs: Sequence[RunAnalysis], out_dir, formats=FORMATS) ->
                 net = col.split("/")[1]
                 ax = axes[2 * i]
                 _plot_series(ax, groups, styles, "topology", col, linestyle="--",
-                             label_suffix=" before")
+                             label_suffix=": old mask / before")
                 _plot_series(ax, groups, styles, "topology", col.replace("_before", "_after"),
-                             label_suffix=" after")
-                ax.set_title(f"{net}: masked grad norm at mask updates\n(same gradient, old vs new mask)",
+                             label_suffix=": new mask, same gradient")
+                ax.set_title(f"{net}: gradient before the update under the old vs new mask",
                              fontsize=9)
                 ax = axes[2 * i + 1]
                 _plot_series(ax, groups, styles, "topology",
-                             f"topo/{net}/total/post_masked_grad_norm")
-                _plot_series(ax, groups, styles, "topology",
                              f"topo/{net}/total/masked_grad_norm_before", linestyle="--",
-                             label_suffix=" before")
-                ax.set_title(f"{net}: masked grad norm before vs just after", fontsize=9)
+                             label_suffix=": old mask / before")
+                _plot_series(ax, groups, styles, "topology",
+                             f"topo/{net}/total/post_masked_grad_norm", linestyle=":",
+                             label_suffix=": just after (new gradient)")
+                ax.set_title(f"{net}: masked gradient norm before vs just after the update",
+                             fontsize=9)
             fig.suptitle(f"Gradient flow around topology updates, {task}", fontsize=11)
-            _legend(fig, axes)
+            _legend(fig, axes, list(groups))
             files += _save(fig, out_dir, f"gradient_flow_updates{tag}", formats)
     return files
 
@@ -349,10 +372,9 @@ def plot_topology(runs: Sequence[RunAnalysis], out_dir, fan_in: dict | None = No
             net = col.split("/")[1]
             panels += [("topology", col, f"{net}: churn (fraction replaced)", False),
                        ("topology", f"topo/{net}/total/ever_active", f"{net}: fraction ever active", False)]
-            for layer in _columns(task_runs, f"topo/{net}/", "/sparsity"):
-                if "/total/" not in layer:
-                    name = layer[len("topo/"):-len("/sparsity")]
-                    panels.append(("topology", layer, f"sparsity, {_short(name)}", False))
+            layers = [c for c in _columns(task_runs, f"topo/{net}/", "/sparsity") if "/total/" not in c]
+            if layers:
+                panels.append(("layers", layers, f"{net}: sparsity per layer (at mask updates)", False))
         for col in dormant_total:
             parts = col.split("/")
             panels.append(("periodic", col, f"{parts[1]}: dormant neurons ({parts[-1].replace('tau', 'tau=')})", False))
@@ -363,19 +385,34 @@ def plot_topology(runs: Sequence[RunAnalysis], out_dir, fan_in: dict | None = No
         fig, axes = _grid(len(panels))
         for ax, (event, col, title, log) in zip(axes, panels):
             if event == "fan_in":
+                uniform = []
                 for layer, f in fan_in.items():
                     f = np.asarray(f)
+                    if f.size and np.all(f == f[0]):  # dense (or N:M): nothing to histogram
+                        uniform.append(f"{_short(layer)}: all {int(f[0])}")
+                        continue
                     ax.hist(f, bins=min(30, max(int(f.max()) + 1, 2)), alpha=0.5,
                             label=f"{_short(layer)} ({int(np.sum(f == 0))} dead)")
+                if uniform:
+                    ax.text(0.98, 0.55, "uniform fan-in:\n" + "\n".join(uniform), fontsize=6,
+                            ha="right", va="top", transform=ax.transAxes)
                 ax.set_xlabel("active inputs per unit")
                 ax.set_ylabel("units")
                 ax.legend(fontsize=7)
+            elif event == "layers":
+                for j, layer in enumerate(col):
+                    name = _short(layer[len("topo/"):-len("/sparsity")]).split(": ", 1)[-1]
+                    _plot_series(ax, groups, styles, "topology", layer,
+                                 linestyle=("-", "--", ":", "-.")[j % 4], label_suffix=f": {name}",
+                                 seeds_in_label=False)
+                ax.legend(fontsize=6)
             else:
                 _plot_series(ax, groups, styles, event, col, log=log)
             ax.set_title(title, fontsize=9)
         fig.suptitle(f"Topology dynamics, {task}", fontsize=11)
         # the fan-in legend is per axis; the group legend goes below
-        _legend(fig, [a for a, p in zip(axes, panels) if p[0] != "fan_in"])
+        _legend(fig, [a for a, p in zip(axes, panels) if p[0] not in ("fan_in", "layers")],
+                list(groups))
         files += _save(fig, out_dir, f"topology{tag}", formats)
     return files
 

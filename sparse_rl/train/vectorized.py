@@ -87,6 +87,26 @@ def _stack(trees):
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def _is_none(x) -> bool:
+    return x is None
+
+
+def _tree_map_axes(fn, axes, tree):
+    """`fn(axis, leaf)` over a state and its vmap axes (None = shared leaf)."""
+    return jax.tree_util.tree_map(fn, axes, tree, is_leaf=_is_none)
+
+
+def _shared_axes(states):
+    """vmap axes of a stacked state: None for integer scalars equal in every run, else 0."""
+    def axis(x):
+        x = np.asarray(x)
+        if x.ndim == 1 and np.issubdtype(x.dtype, np.integer) and bool((x == x[0]).all()):
+            return None
+        return 0
+
+    return jax.tree_util.tree_map(axis, jax.device_get(states))
+
+
 def _recorder_due(rec) -> bool:
     """Whether a gradient-flow recorder will read the state at its next update call (so the run's
     own slice of the stacked state must be passed). Unknown recorder internals: always."""
@@ -196,12 +216,21 @@ def _run(ctxs: list[RunContext], agents: list, extras: list) -> list[dict]:
     groups: dict[int, list[int]] = {}
     for i, a in enumerate(agents):
         groups.setdefault(id(a), []).append(i)
-    parts: dict[int, object] = {}
-    for members in groups.values():
-        stacked = jax.vmap(agents[members[0]].init)(init_keys[jnp.asarray(members)])
-        for j, i in enumerate(members):
-            parts[i] = jax.tree_util.tree_map(lambda x, j=j: x[j], stacked)
-    states = _stack([parts[i] for i in range(S)]) if len(groups) > 1 else jax.vmap(agent.init)(init_keys)
+    if len(groups) == 1:
+        states = jax.vmap(agent.init)(init_keys)
+    else:
+        parts: dict[int, object] = {}
+        for members in groups.values():
+            stacked = jax.vmap(agents[members[0]].init)(init_keys[jnp.asarray(members)])
+            for j, i in enumerate(members):
+                parts[i] = jax.tree_util.tree_map(lambda x, j=j: x[j], stacked)
+        states = _stack([parts[i] for i in range(S)])
+    # Step counters (integer scalars equal in every run: gradient steps, the sparsity wrapper's and
+    # the optimiser's counts) are kept once, unbatched: the runs move in lockstep, and a batched
+    # counter would turn the agent's `lax.cond`s (e.g. "is this a mask-update step?") into
+    # `select`s that compute both branches at every step.
+    axes = _shared_axes(states)
+    states = _tree_map_axes(lambda a, x: x[0] if a is None else x, axes, states)
     jax.block_until_ready(states)
     compile_seconds += time.perf_counter() - started
     init_seconds = compile_seconds
@@ -209,19 +238,22 @@ def _run(ctxs: list[RunContext], agents: list, extras: list) -> list[dict]:
     def act_one(state, obs, key, step):
         return agent.act(state, obs[None], jax.random.fold_in(key, step), step, evaluation=False)[0]
 
-    act_all = jax.jit(jax.vmap(act_one, in_axes=(0, 0, 0, None)))
+    act_all = jax.jit(jax.vmap(act_one, in_axes=(axes, 0, 0, None)))
 
     def update_all(states, batch, update_keys, step):
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(update_keys)
-        return jax.vmap(agent.update)(states, batch, step_keys)
+        return jax.vmap(agent.update, in_axes=(axes, 0, 0), out_axes=(axes, 0))(states, batch, step_keys)
 
     update_all = jax.jit(update_all, donate_argnums=0)
 
     def eval_act_one(state, obs, key, t):
         return agent.act(state, obs, jax.random.fold_in(key, t), 0, evaluation=True)
 
-    eval_act_all = jax.jit(jax.vmap(eval_act_one, in_axes=(0, 0, 0, None)))
-    take = jax.jit(lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree))
+    eval_act_all = jax.jit(jax.vmap(eval_act_one, in_axes=(axes, 0, 0, None)))
+    take = jax.jit(lambda tree, i: _tree_map_axes(lambda a, x: x if a is None else x[i], axes, tree))
+
+    def host_slice(tree, i):  # run i's state from a host copy of the stacked state
+        return _tree_map_axes(lambda a, x: x if a is None else x[i], axes, tree)
 
     if continuous:
         low = jnp.asarray(action_spec.minimum, jnp.float32)
@@ -260,7 +292,7 @@ def _run(ctxs: list[RunContext], agents: list, extras: list) -> list[dict]:
         from sparse_rl.analysis.gradient_flow import make_recorder
 
         host = jax.device_get(states)
-        recorders = [make_recorder(agents[i], jax.tree_util.tree_map(lambda x, i=i: x[i], host),
+        recorders = [make_recorder(agents[i], host_slice(host, i),
                                    ctx.rundir.path, every=every, resume_step=None, ctx=ctx)
                      for i, ctx in enumerate(ctxs)]
 
@@ -276,7 +308,7 @@ def _run(ctxs: list[RunContext], agents: list, extras: list) -> list[dict]:
     def save(step):
         host = jax.device_get(states)
         for i, ctx in enumerate(ctxs):
-            state_i = jax.tree_util.tree_map(lambda x: x[i], host)
+            state_i = host_slice(host, i)
             replay_arrays, replay_values = _split_state(replays[i].state_dict(), "replay/")
             env_arrays, env_values = _split_state(env_list[i].get_state(), "env/")
             counters = {
@@ -353,7 +385,7 @@ def _run(ctxs: list[RunContext], agents: list, extras: list) -> list[dict]:
                 sps = ctx.sps(done)
                 if host_metrics is not None:
                     last_metrics[i] = {k: float(v[i]) for k, v in host_metrics.items()}
-                state_i = jax.tree_util.tree_map(lambda x, i=i: x[i], host_states)
+                state_i = host_slice(host_states, i)
                 row = {
                     "step": done, "wall_time": ctx.wall_time(),
                     "train_return": float(np.mean(recent_returns[i])) if recent_returns[i] else None,
@@ -385,7 +417,7 @@ def _run(ctxs: list[RunContext], agents: list, extras: list) -> list[dict]:
                                 "out": [str(c.run.out) for c in ctxs],
                                 "total_steps_per_second": mean_sps * S}}
         extra.update(extras[i] or {})
-        summaries.append(ctx.write_summary(jax.tree_util.tree_map(lambda x, i=i: x[i], host), mean_sps, extra))
+        summaries.append(ctx.write_summary(host_slice(host, i), mean_sps, extra))
     return summaries
 
 
