@@ -234,24 +234,6 @@ TINY_RUN = ["--agent", "ppo", "--eval-episodes", "2", "--eval-every", "256", "--
 STEPS = 512  # 4 iterations of 2 x 64 steps, 8 gradient steps each: pruning window 7 -> 25 of 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Reuse compiled programs between runs of one config (resume, determinism) within this module."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    old = {name: getattr(jax.config, name) for name in names}
-    cc.reset_cache()  # JAX decides once per process whether the cache is used: decide again
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    yield
-    for name, value in old.items():
-        jax.config.update(name, value)
-    cc.reset_cache()  # later test modules get the process's own setting back
-
-
 def run_cli(tmp_path, env, *extra, name="run", steps=STEPS):
     from sparse_rl.cli import build_train_args
     from sparse_rl.train.runner import train

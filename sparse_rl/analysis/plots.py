@@ -69,9 +69,12 @@ def _legend(fig, axes, order: Sequence[str] = ()) -> None:
             return hits[-1] if hits else len(order)
         seen = dict(sorted(seen.items(), key=lambda kv: rank(kv[0])))
     if seen:
+        ncol = min(len(seen), 5)
+        rows = (len(seen) - 1) // ncol + 1
         fig.legend(list(seen.values()), list(seen), loc="lower center", frameon=False,
-                   ncol=min(len(seen), 5), bbox_to_anchor=(0.5, -0.02))
-        fig.tight_layout(rect=(0, 0.05 + 0.04 * ((len(seen) - 1) // 5), 1, 1))
+                   ncol=ncol, bbox_to_anchor=(0.5, 0.0))
+        height = fig.get_size_inches()[1]
+        fig.tight_layout(rect=(0, min(0.4, (0.1 + 0.25 * rows) / height), 1, 1))
     else:
         fig.tight_layout()
 
@@ -485,18 +488,20 @@ def plot_components(rows: Sequence[dict], out_dir, stem: str = "components",
     plt = _plt()
     for task, task_rows in tasks.items():
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        comps = list(dict.fromkeys(r["component"] for r in task_rows))
-        dense = [r["final_return"] for r in task_rows if r["component"] == "dense"]
-        for i, comp in enumerate(c for c in comps if c != "dense"):
+        series = list(dict.fromkeys(r["series"] for r in task_rows))
+        dense = [r["final_return"] for r in task_rows if r["series"] == "dense"]
+        for i, name in enumerate(x for x in series if x != "dense"):
+            mine = [r for r in task_rows if r["series"] == name]
+            comps = [r["component"] for r in mine]
+            comp = max(set(comps), key=comps.count)
             by_level: dict[float, list[float]] = {}
-            for r in task_rows:
-                if r["component"] == comp:
-                    by_level.setdefault(round(r["sparsity"], 3), []).append(r["final_return"])
+            for r in mine:
+                by_level.setdefault(round(r["sparsity"], 3), []).append(r["final_return"])
             xs = sorted(by_level)
             m = np.array([np.mean(by_level[x]) for x in xs])
             s = np.array([np.std(by_level[x]) for x in xs])
             c = EXTRA_COLORS[i % len(EXTRA_COLORS)]
-            ax.plot(xs, m, marker="o", color=c, label=f"{comp} sparse")
+            ax.plot(xs, m, marker="o", color=c, label=f"{name}: {comp}")
             ax.fill_between(xs, m - s, m + s, color=c, alpha=0.15, lw=0)
         if dense:
             ax.axhline(np.mean(dense), color=COLORS["dense"], ls="--", label="all dense")

@@ -357,19 +357,29 @@ def find_runs(root) -> list[Path]:
                   if "checkpoints" not in p.parts and "analysis" not in p.relative_to(root).parts)
 
 
-def component_table(roots: Sequence, threshold: float = 0.01) -> list[dict]:
-    """One row per finished run below `roots` (summary.json): which networks are sparse, how
-    sparse, and the final evaluation return.
+def _kernel_name(path: str) -> str:
+    """"mlp/~/linear_1/w" -> "linear_1" (the module's last name)."""
+    parts = [p for p in path.split("/") if p != "~"]
+    if parts and parts[-1] == "w":
+        parts = parts[:-1]
+    return parts[-1] if parts else path
 
-    Within each root (one sweep), a network is "swept" when its measured sparsity differs between
-    runs, and "fixed" when it is sparse (above `threshold`) at one level in every run. The row's
-    `component` names the swept networks ("actor", "critic1+critic2", ...) followed by the fixed
-    ones, e.g. "critic1+critic2 (actor 0.80)"; "dense" when no network is sparse. `sparsity` is the
-    joint sparsity of the swept networks' kernels. Rows:
-    `{run, agent, env, seed, component, sparsity, final_return, sparsity_<network>...}`.
+
+def component_table(roots: Sequence, threshold: float = 0.01) -> list[dict]:
+    """One row per finished run below `roots` (summary.json): what is sparse, how sparse, and the
+    final evaluation return. Each root is one sweep (one recipe of `scripts/sensitivity_*.toml`).
+
+    Within a root, a kernel is *swept* when its measured sparsity differs between runs; the others
+    that are sparse (above `threshold`) are *fixed*. `component` names the swept kernels by network
+    ("actor", "critic1+critic2", or "q[linear_1]" when only some of a network's kernels), followed by
+    the fixed networks and their sparsity ("critic1+critic2 (actor 0.80)"); "dense" when nothing is
+    sparse. `sparsity` is the joint sparsity of the swept kernels. `series` (the line of the plot) is
+    the root's name, plus the method when the root holds several, or "dense". Rows: `{run, series,
+    agent, env, method, seed, component, sparsity, final_return, sparsity_<network>...}`.
     """
     rows = []
     for root in roots:
+        root = Path(root)
         found = []
         for run in find_runs(root):
             file = run / "summary.json"
@@ -379,29 +389,47 @@ def component_table(roots: Sequence, threshold: float = 0.01) -> list[dict]:
                 s = json.loads(file.read_text())
             except ValueError:
                 continue
-            counts = {}
-            for name, v in (s.get("networks") or {}).items():
-                layers = v.get("layers", {}) if isinstance(v, dict) else {}
-                counts[name] = (sum(l["total"] for l in layers.values()),
-                                sum(l["nonzero"] for l in layers.values()))
-            found.append((run, s, counts))
-        per_run = [{n: (1.0 - nz / t if t else 0.0) for n, (t, nz) in c.items()} for _, _, c in found]
-        names = list(dict.fromkeys(n for p in per_run for n in p))
-        spread = {n: np.ptp([p.get(n, 0.0) for p in per_run]) if per_run else 0.0 for n in names}
-        swept = [n for n in names if spread[n] > 0.005]
-        for (run, s, counts), per in zip(found, per_run):
-            sparse = [n for n in names if per.get(n, 0.0) > threshold]
-            moving = [n for n in sparse if n in swept] or sparse
-            fixed = [n for n in sparse if n not in moving]
-            label = "+".join(moving) if moving else "dense"
-            if fixed:
-                label += " (" + ", ".join(f"{n} {per[n]:.2f}" for n in fixed) + ")"
-            tot = sum(counts[n][0] for n in moving)
-            nz = sum(counts[n][1] for n in moving)
-            row = {"run": str(run), "agent": s.get("agent"), "env": s.get("env"),
-                   "seed": s.get("seed"), "component": label,
+            kernels = {}
+            for net, v in (s.get("networks") or {}).items():
+                for path, c in ((v.get("layers") or {}) if isinstance(v, dict) else {}).items():
+                    kernels[(net, path)] = (int(c["total"]), int(c["nonzero"]))
+            found.append((run, s, kernels))
+        sp = [{k: 1.0 - nz / t if t else 0.0 for k, (t, nz) in kern.items()} for _, _, kern in found]
+        keys = list(dict.fromkeys(k for p in sp for k in p))
+        swept = {k for k in keys if np.ptp([p.get(k, 0.0) for p in sp]) > 0.005} if sp else set()
+        methods = {str(s.get("method")) for _, s, _ in found}
+        by_net: dict[str, list] = {}
+        for net, path in keys:
+            by_net.setdefault(net, []).append(path)
+        for (run, s, kern), per in zip(found, sp):
+            sparse = [k for k in keys if per.get(k, 0.0) > threshold]
+            moving = [k for k in sparse if k in swept] or sparse
+            parts = []
+            for net in by_net:
+                mine = [p for n, p in moving if n == net]
+                if not mine:
+                    continue
+                parts.append(net if set(mine) == set(by_net[net])
+                             else f"{net}[{', '.join(_kernel_name(p) for p in mine)}]")
+            label = "+".join(parts) if parts else "dense"
+            fixed_nets = list(dict.fromkeys(n for n, p in sparse if (n, p) not in moving))
+            if fixed_nets:
+                def net_sparsity(net):
+                    t = sum(kern[(n, p)][0] for n, p in sparse if n == net)
+                    nz = sum(kern[(n, p)][1] for n, p in sparse if n == net)
+                    return 1.0 - nz / t if t else 0.0
+                label += " (" + ", ".join(f"{n} {net_sparsity(n):.2f}" for n in fixed_nets) + ")"
+            tot = sum(kern[k][0] for k in moving)
+            nz = sum(kern[k][1] for k in moving)
+            series = "dense" if not sparse else root.name + (
+                f" {s.get('method')}" if len(methods) > 1 else "")
+            row = {"run": str(run), "series": series, "agent": s.get("agent"), "env": s.get("env"),
+                   "method": s.get("method"), "seed": s.get("seed"), "component": label,
                    "sparsity": 1.0 - nz / tot if tot else 0.0,
                    "final_return": s.get("final_eval_return")}
-            row.update({f"sparsity_{n}": per.get(n, 0.0) for n in names})
+            for net, paths in by_net.items():
+                t = sum(kern.get((net, p), (0, 0))[0] for p in paths)
+                z = sum(kern.get((net, p), (0, 0))[1] for p in paths)
+                row[f"sparsity_{net}"] = 1.0 - z / t if t else 0.0
             rows.append(row)
     return rows

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="CPUs per run: its compute threads (local and Ray) and its Ray resource request; default 1")
     p.add_argument("--retry-failed", action="store_true", default=None, help="re-run failed cells (resuming from their last checkpoint)")
     p.add_argument("--vectorize-seeds", action="store_true", default=None,
-                   help="train the seeds of a cell in one process, vmapped (DQN)")
+                   help="train the seeds of a cell in one process, vmapped (off-policy agents: DQN, SAC)")
     p.add_argument("--vectorize-sparsities", action="store_true", default=None,
                    help="also train the sparsity levels of a method together (implies --vectorize-seeds)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the cells and their status, run nothing")
