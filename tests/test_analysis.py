@@ -286,9 +286,8 @@ def dqn_agent():
 
 
 def drive(agent, recorder, state, steps, start=0, seed=0):
-    rng = np.random.default_rng(seed)
     for i in range(start, start + steps):
-        b = fake_batch(rng)
+        b = fake_batch(np.random.default_rng(1000 * seed + i))
         recorder.before_update(state, b)
         state, _ = agent.update(state, b, jax.random.PRNGKey(i))
         recorder.after_update(state, b, i + 1)
@@ -395,3 +394,29 @@ def test_recorder_error_stops_recording_not_training(tmp_path, dqn_agent, monkey
     with pytest.warns(RuntimeWarning, match="analysis recording stopped: ZeroDivisionError"):
         drive(dqn_agent, rec, state, 12)
     assert json.loads(json.dumps(rec.close()))["error"].startswith("ZeroDivisionError")
+
+
+def test_recorder_resumes_exactly_after_a_kill(tmp_path, dqn_agent):
+    """Rows (ever-active fractions included) of a run killed after its checkpoint and resumed from
+    it equal those of an uninterrupted run."""
+    import csv
+
+    agent = dqn_agent
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    ref.mkdir(), killed.mkdir()
+    rec = gf.make_recorder(agent, agent.init(jax.random.PRNGKey(0)), ref, every=20, snr_every=2)
+    drive(agent, rec, agent.init(jax.random.PRNGKey(0)), 45)
+    rec.close()
+
+    state = agent.init(jax.random.PRNGKey(0))
+    rec = gf.make_recorder(agent, state, killed, every=20, snr_every=2)
+    state = drive(agent, rec, state, 5)
+    checkpoint = jax.device_get(state)                   # "checkpoint" at env step 5
+    drive(agent, rec, state, 20, start=5)                # lost to the kill: mask updates at 11, 21
+    rec.writer.close()
+    state = jax.tree_util.tree_map(jnp.asarray, checkpoint)
+    rec = gf.make_recorder(agent, state, killed, every=20, snr_every=2, resume_step=5)
+    drive(agent, rec, state, 40, start=5)
+    rec.close()
+    rows = lambda d: list(csv.DictReader(open(d / "analysis.csv")))  # noqa: E731
+    assert rows(killed) == rows(ref)

@@ -229,8 +229,8 @@ def test_resumed_run_equals_uninterrupted(chain):
         ref_summary.pop(key, None)
         got_summary.pop(key, None)
     assert got_summary == ref_summary
-    # Training-time analysis (gradient flow, dormant neurons, topology) resumes exactly too, apart
-    # from the ever-active statistics (see the xfail test below).
+    # Training-time analysis (gradient flow, dormant neurons, topology) resumes exactly too (the
+    # ever-active statistics: the test below).
     if (ref_dir / "analysis.csv").exists():
         assert analysis_rows(out) == analysis_rows(ref_dir)
     # Leftovers of the interrupted checkpoint writes are gone; keep-N holds.
@@ -239,10 +239,6 @@ def test_resumed_run_equals_uninterrupted(chain):
     assert ckpt.steps(out / "checkpoints") == [STEPS - 200, STEPS]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation of sparse_rl.analysis (documented in gradient_flow.py): ever_active.npz is "
-    "not rolled back to the checkpoint on resume, so after a kill it keeps masks of the discarded "
-    "steps; remove this marker once it is checkpointed"))
 def test_ever_active_statistics_resume_exactly(chain):
     ref_dir, out, _ = chain
     if not (ref_dir / "analysis.csv").exists():

@@ -26,6 +26,21 @@ BROKEN = "dqn/CartPole-v1/static-0.9/seed1"
 TIMING = ("wall_time", "sps")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def workers_share_the_compilation_cache():
+    """Worker processes use the test session's compilation cache (tests/conftest.py) instead of
+    one per sweep directory, so a program is compiled once for all the sweeps of the tests."""
+    import jax
+
+    cache = jax.config.jax_compilation_cache_dir
+    old = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if cache and old is None:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    yield
+    if old is None:
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+
+
 def _sweep(*argv):
     return sweep_cli.main([*argv])
 
@@ -104,6 +119,36 @@ def test_sweep_runs_reports_skips_and_retries(base_sweep, capsys):
     a = json.loads((out / "dqn/CartPole-v1/rigl-0.9/seed0/summary.json").read_text())
     b = json.loads((out / "dqn/CartPole-v1/rigl-0.9/seed1/summary.json").read_text())
     assert a["seed"] == 0 and b["seed"] == 1 and a["method"] == "rigl" and a["target_sparsity"] == 0.9
+
+
+def test_interrupted_cell_is_resumed_from_its_checkpoint(base_sweep):
+    """A cell stopped after its step-100 checkpoint (no summary, no COMPLETE) is resumed by
+    re-running the sweep, and ends with the metrics of the uninterrupted run."""
+    out, argv, _ = base_sweep
+    cid = "dqn/CartPole-v1/static-0.5/seed0"
+    cell = out / cid
+    if run_status(cell) != "complete":
+        pytest.skip("needs the base sweep's finished cell")
+    reference = (cell / "metrics.csv").read_text()
+    for name in ("COMPLETE", "summary.json"):
+        (cell / name).unlink()
+    for path in (cell / "checkpoints").glob("ckpt_000000000200.*"):
+        path.unlink()
+    assert run_status(cell) == "incomplete"
+    others = [c["id"] for c in json.loads((out / "sweep.json").read_text())["cells"]
+              if c["id"] != cid and run_status(out / c["id"]) == "complete"]
+    before = _mtimes(out, others)
+    assert _sweep(*argv, "--retry-failed") in (0, 1)
+    assert run_status(cell) == "complete"
+    assert _mtimes(out, others) == before
+    resumed = read_metrics(cell / "metrics.csv")
+    ref_path = cell.parent / "reference.csv"
+    ref_path.write_text(reference)
+    original = read_metrics(ref_path)
+    ref_path.unlink()
+    for name in original:
+        if name not in TIMING:
+            np.testing.assert_array_equal(resumed[name], original[name], err_msg=name)
 
 
 def test_changed_grid_on_existing_cells_is_refused(base_sweep):
@@ -273,8 +318,6 @@ def test_parsers():
 @pytest.mark.slow
 def test_vectorized_sac_equals_separate_runs(tmp_path):
     """SAC (continuous actions, three networks) through the same vectorised loop."""
-    import dataclasses
-
     from sparse_rl.cli import build_train_args
     from sparse_rl.train.runner import train
     from sparse_rl.train.vectorized import train_vectorized

@@ -1,6 +1,7 @@
 """The Ray backend on a local Ray instance: the same run directories as the local backend."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -18,6 +19,21 @@ TRAIN = ["--steps", "200", "--eval-every", "100", "--eval-episodes", "2", "--log
 GRID = ["--agent", "dqn", "--env", "CartPole-v1", "--methods", "rigl", "--sparsities", "0.8",
         "--seeds", "0,1", "--workers", "2", "--no-progress", *TRAIN]
 TIMING = ("wall_time", "sps")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def workers_share_the_compilation_cache():
+    """Worker processes use the test session's compilation cache (tests/conftest.py) instead of
+    one per sweep directory, so a program is compiled once for all the sweeps of the tests."""
+    import jax
+
+    cache = jax.config.jax_compilation_cache_dir
+    old = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if cache and old is None:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    yield
+    if old is None:
+        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 
 def _ray_listen_addresses() -> set:

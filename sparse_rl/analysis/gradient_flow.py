@@ -52,6 +52,7 @@ __all__ = [
 ANALYSIS_FILE = "analysis.csv"
 INIT_PARAMS_FILE = "init_params.npz"
 EVER_ACTIVE_FILE = "ever_active.npz"
+NEVER = np.iinfo(np.int32).max  # ever_active.npz: positions not active yet
 META_FILE = "analysis.json"
 GF_STATS = ("dense_grad_norm", "masked_grad_norm", "weight_norm", "dist_from_init")
 SNR_STATS = ("mean", "median", "mean_all")
@@ -402,13 +403,25 @@ class GradientFlowRecorder:
         else:
             self.init_params = load_tree_npz(init_file, like)
         # Masks only change at topology updates, all of which this recorder sees, so the union of
-        # the masks it sees is the set of positions ever active; kept in <run>/ever_active.npz
-        # across resumes (after a crash it may hold masks of steps the resumed run redoes).
+        # the masks it sees is the set of positions ever active. <run>/ever_active.npz keeps, per
+        # position, the env step at which it first became active (NEVER if not yet): on resume from
+        # a checkpoint at step S, positions first active after S are reset, so the statistics
+        # continue exactly as in an uninterrupted run even after a kill.
         masks_now = {name: _host_copy(masks) for name, (_, masks) in nets.items()}
-        ever = load_tree_npz(self.path / EVER_ACTIVE_FILE, masks_now) if resume_step is not None else None
-        self.ever_active = masks_now if ever is None else {
-            name: jax.tree_util.tree_map(lambda a, b: np.asarray(a, bool) | np.asarray(b, bool),
-                                         ever[name], masks_now[name]) for name in masks_now}
+        first = None
+        if resume_step is not None:
+            like = {n: jax.tree_util.tree_map(lambda m: np.zeros(np.shape(m), np.int32), t)
+                    for n, t in masks_now.items()}
+            first = load_tree_npz(self.path / EVER_ACTIVE_FILE, like)
+        step0 = 0 if resume_step is None else int(resume_step)
+        self.first_active = {
+            name: jax.tree_util.tree_map(
+                lambda m, f: np.where(np.asarray(m, bool), np.minimum(f, step0), f).astype(np.int32),
+                masks_now[name],
+                jax.tree_util.tree_map(lambda m: np.full(np.shape(m), NEVER, np.int32), masks_now[name])
+                if first is None else jax.tree_util.tree_map(
+                    lambda f: np.where(np.asarray(f) > step0, NEVER, f).astype(np.int32), first[name]))
+            for name in masks_now}
         self._truncate(resume_step)
         self._build()
         self._spend(time.perf_counter() - started, "setup")
@@ -639,18 +652,19 @@ class GradientFlowRecorder:
             for name, before in pre.items():
                 stats = self._host(self._effect, before, g[name])
                 start = time.perf_counter()
-                ever = jax.tree_util.tree_map(lambda e, a, b: np.asarray(e) | np.asarray(a, bool)
-                                              | np.asarray(b, bool), self.ever_active[name],
-                                              before[1], g[name][1])
-                self.ever_active[name] = ever
-                frac = self._ever_stats(ever)
+                first = jax.tree_util.tree_map(
+                    lambda f, a, b: np.where((np.asarray(a, bool) | np.asarray(b, bool)) & (f == NEVER),
+                                             np.int32(env_step), f),
+                    self.first_active[name], before[1], g[name][1])
+                self.first_active[name] = first
+                frac = self._ever_stats(jax.tree_util.tree_map(lambda f: f != NEVER, first))
                 for path, v in frac["layers"].items():
                     stats["layers"][path]["ever_active"] = v
                 stats["total"]["ever_active"] = frac["total"]
                 self._spend(time.perf_counter() - start, "host")
                 row.update(flatten_stats(f"topo/{name}", stats))
             self._write(row, state, batch)
-            self._host(save_tree_npz, self.path / EVER_ACTIVE_FILE, self.ever_active)
+            self._host(save_tree_npz, self.path / EVER_ACTIVE_FILE, self.first_active)
             self.counts["topology"] += 1
 
         if periodic:

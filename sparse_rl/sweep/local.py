@@ -48,8 +48,8 @@ def worker_env(threads: int, base: dict | None = None, *, share_accelerator: boo
     whose programs do not depend on the level) compile them once.
     """
     env = dict(os.environ if base is None else base)
-    if compile_cache is not None and "JAX_COMPILATION_CACHE_DIR" not in env:
-        env["JAX_COMPILATION_CACHE_DIR"] = str(compile_cache)
+    if compile_cache is not None:  # a cache directory the user chose is kept
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", str(compile_cache))
         env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     threads = max(1, int(threads))

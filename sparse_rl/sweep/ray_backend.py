@@ -99,7 +99,7 @@ def run_ray(tasks: list[dict], out: str, *, address: str | None = None, cpus_per
     ray = _ray()
     workers = int(workers or os.cpu_count() or 1)
     threads = max(1, math.ceil(cpus_per_run))
-    cache = str(compile_cache_dir(out)) if compile_cache else None
+    cache = (os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(compile_cache_dir(out))) if compile_cache else None
     started = start(address, workers)
     # The worker environment (thread limits, shared compilation cache; locally the package path)
     # travels with each task.

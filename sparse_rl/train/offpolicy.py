@@ -76,6 +76,9 @@ def run(ctx: RunContext) -> dict:
         return agent.act(state, obs[None], jax.random.fold_in(key, step), step, evaluation=False)[0]
 
     act_fn = jax.jit(act_fn)
+    # The per-step key is derived inside the jitted call: one dispatch per update, not two.
+    update_fn = jax.jit(lambda state, batch, key, step: agent.update(state, batch, jax.random.fold_in(key, step)),
+                        donate_argnums=0)
     if continuous:
         low = jnp.asarray(action_spec.minimum, jnp.float32)
         high = jnp.asarray(action_spec.maximum, jnp.float32)
@@ -168,14 +171,13 @@ def run(ctx: RunContext) -> dict:
 
         if step >= learning_starts and (step - learning_starts) % config.train_every == 0 and len(replay) >= config.batch_size:
             batch = replay.sample(sample_size, n_step=n_step, gamma=gamma)
-            key = jax.random.fold_in(update_key, step)
             if recorder is not None:
                 recorder.before_update(state, batch)
             if not compiled_update:
-                state, metrics = timed_compile(ctx, agent.update, state, batch, key)
+                state, metrics = timed_compile(ctx, update_fn, state, batch, update_key, step)
                 compiled_update = True
             else:
-                state, metrics = agent.update(state, batch, key)
+                state, metrics = update_fn(state, batch, update_key, step)
             last_metrics = metrics
             if recorder is not None:
                 recorder.after_update(state, batch, step + 1)

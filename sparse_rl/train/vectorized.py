@@ -41,7 +41,7 @@ from sparse_rl.replay import ReplayBuffer, Transition
 from sparse_rl.train.offpolicy import _learning_starts, _split_state
 from sparse_rl.train.rundir import RunDir
 from sparse_rl.train.runner import RunConfig, RunContext, agent_module, default_out
-from sparse_rl.train.serialize import config_diff, to_jsonable
+from sparse_rl.train.serialize import config_diff
 
 SUPPORTED_LOOPS = ("offpolicy",)
 
