@@ -1,6 +1,6 @@
 """Sweep throughput: 8 DQN seeds on CartPole as separate processes vs one vectorised process.
 
-    python benchmarks/bench_sweep.py                       # 8 seeds x 10k steps, MLP 512-512
+    python benchmarks/bench_sweep.py                       # 8 seeds x 10k steps; MLP 64-64 and 512-512
     python benchmarks/bench_sweep.py --steps 2000 --widths 64,64   # a quick check
 
 Both modes run the real command a user runs, `sparse-rl sweep`, on the same grid (DQN, RigL 90%,
@@ -72,21 +72,11 @@ def summaries(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("dqn/*/*/seed*/summary.json"))]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=8)
-    p.add_argument("--steps", type=int, default=10_000)
-    p.add_argument("--widths", default="512,512", help="MLP widths (the paper's classic control: 512,512)")
-    p.add_argument("--method", default="rigl")
-    p.add_argument("--sparsity", default="0.9")
-    p.add_argument("--workers", type=int, default=2, help="workers of the separate-process mode")
-    p.add_argument("--no-compile-cache", action="store_true", help="disable the sweep's shared compile cache")
-    p.add_argument("--keep", action="store_true", help="keep the run directories")
-    args = p.parse_args(argv)
-
+def measure(args, widths: str) -> dict:
+    """Both modes for one network size."""
     base = tempfile.mkdtemp(prefix="bench-sweep-")
     grid = ["--agent", "dqn", "--env", "CartPole-v1", "--methods", args.method, "--sparsities", args.sparsity,
-            "--seeds", f"0-{args.seeds - 1}", "--steps", str(args.steps), "--set", f"dqn.widths={args.widths}",
+            "--seeds", f"0-{args.seeds - 1}", "--steps", str(args.steps), "--set", f"dqn.widths={widths}",
             "--eval-every", str(max(args.steps // 4, 1)), "--eval-episodes", "10", "--checkpoint-every", "0",
             "--analysis-every", "0", "--no-progress"]
     if args.no_compile_cache:
@@ -128,22 +118,39 @@ def main(argv=None) -> int:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     sep, vec = results["separate"], results["vectorized"]
-    payload = {
-        "benchmark": "sweep", "machine": machine(),
+    return {
         "config": {"agent": "dqn", "env": "CartPole-v1", "method": args.method, "sparsity": float(args.sparsity),
-                   "seeds": args.seeds, "steps": args.steps, "widths": args.widths, "workers": args.workers,
+                   "seeds": args.seeds, "steps": args.steps, "widths": widths, "workers": args.workers,
                    "compile_cache": not args.no_compile_cache},
         "results": results,
         "ratios": {"throughput_vectorized_vs_separate": vec["sps"] / sep["sps"],
                    "steady_sps_vectorized_vs_separate": vec["steady_sps"] / sep["steady_sps"],
                    "memory_vectorized_vs_separate": vec["peak_rss_mib_sum"] / sep["peak_rss_mib_sum"],
                    "compile_vectorized_vs_separate": vec["compile_seconds_total"] / max(sep["compile_seconds_total"], 1e-9)},
-        "targets": {"throughput_ratio_at_least": 1.3, "memory_ratio_at_most": 0.25},
         "same_eval_returns": returns["separate"] == returns["vectorized"],
     }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--widths", nargs="+", default=["64,64", "512,512"],
+                   help="MLP widths to measure, one configuration each (the paper's classic control: 512,512)")
+    p.add_argument("--method", default="rigl")
+    p.add_argument("--sparsity", default="0.9")
+    p.add_argument("--workers", type=int, default=2, help="workers of the separate-process mode")
+    p.add_argument("--no-compile-cache", action="store_true", help="disable the sweep's shared compile cache")
+    p.add_argument("--keep", action="store_true", help="keep the run directories")
+    args = p.parse_args(argv)
+
+    configs = [measure(args, widths) for widths in args.widths]
+    payload = {"benchmark": "sweep", "machine": machine(), "configs": configs,
+               "targets": {"throughput_ratio_at_least": 1.3, "memory_ratio_at_most": 0.25}}
     path = write_results("sweep", payload)
-    print(json.dumps(payload["ratios"], indent=2))
-    print(f"same evaluation returns in both modes: {payload['same_eval_returns']}")
+    for c in configs:
+        print(f"widths {c['config']['widths']}: " + json.dumps(c["ratios"]))
+        print(f"  same evaluation returns in both modes: {c['same_eval_returns']}")
     print(f"wrote {path}")
     return 0
 
