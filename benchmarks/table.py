@@ -1,0 +1,61 @@
+"""The README's benchmark table, made from benchmarks/results/*.json.
+
+    python benchmarks/table.py            # prints Markdown
+"""
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _fmt(value, spec=".0f"):
+    return "" if value is None else format(value, spec)
+
+
+def speed_rows() -> list[str]:
+    lines = [
+        "| benchmark | library | method | SPS (end to end) | steady SPS | compile s | peak MiB | vs our dense | vs sbx | memory vs sbx |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "rows" not in data:
+            continue
+        name = f"{data['benchmark']} {data['env']} ({data['steps']} steps)"
+        for row in data["rows"]:
+            if "sps" not in row:
+                lines.append(f"| {name} | {row.get('library', '?')} | {row.get('method', '?')} | failed: {row.get('error', '')} |||||||")
+                continue
+            lines.append(
+                f"| {name} | {row['library']} | {row['method']} | {_fmt(row['sps'])} | {_fmt(row.get('steady_sps'))} "
+                f"| {_fmt(row.get('compile_seconds'), '.1f')} | {_fmt(row['peak_rss_mib'])} "
+                f"| {_fmt(row.get('vs_dense'), '.2f')} | {_fmt(row.get('vs_sbx'), '.2f')} | {_fmt(row.get('memory_vs_sbx'), '.2f')} |"
+            )
+    return lines
+
+
+def sweep_rows() -> list[str]:
+    path = RESULTS / "sweep.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    lines = [
+        "| sweep benchmark | separate SPS | vectorised SPS | throughput ratio | memory ratio | compile ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in data.get("configs", []):
+        c, r, q = entry["config"], entry["results"], entry["ratios"]
+        label = f"{c['agent']} {c['env']} {c['method']}-{c['sparsity']} x{c['seeds']} seeds, {c['widths']}, {c['steps']} steps"
+        lines.append(
+            f"| {label} | {_fmt(r['separate']['sps'])} | {_fmt(r['vectorized']['sps'])} "
+            f"| {q['throughput_vectorized_vs_separate']:.2f} | {q['memory_vectorized_vs_separate']:.2f} "
+            f"| {q['compile_vectorized_vs_separate']:.2f} |"
+        )
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(speed_rows()))
+    print()
+    print("\n".join(sweep_rows()))
