@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from sparse_rl.sweep.plots import steps_formatter
+
 __all__ = ["RunAnalysis", "load_analysis", "plot_gradient_flow", "plot_topology",
            "plot_sensitivity", "plot_robustness", "plot_components", "FORMATS"]
 
@@ -77,19 +79,6 @@ def _legend(fig, axes, order: Sequence[str] = ()) -> None:
         fig.tight_layout(rect=(0, min(0.4, (0.1 + 0.25 * rows) / height), 1, 1))
     else:
         fig.tight_layout()
-
-
-def _steps_formatter():
-    from matplotlib.ticker import FuncFormatter
-
-    def fmt(x, _pos):
-        ax = abs(x)
-        if ax >= 1e6:
-            return f"{x / 1e6:g}M"
-        if ax >= 1e3:
-            return f"{x / 1e3:g}k"
-        return f"{x:g}"
-    return FuncFormatter(fmt)
 
 
 def _short(path: str) -> str:
@@ -243,7 +232,7 @@ def _plot_series(ax, groups, styles, event, column, *, log=False, linestyle="-",
         drawn = True
     if drawn and log and positive and not ax.get_yscale() == "log":
         ax.set_yscale("log")
-    ax.xaxis.set_major_formatter(_steps_formatter())
+    ax.xaxis.set_major_formatter(steps_formatter())
     ax.set_xlabel("gradient step")
     ax.grid(alpha=0.3)
     return drawn

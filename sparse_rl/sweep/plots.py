@@ -96,7 +96,7 @@ def _save(fig, stem: str, report: PlotReport, formats: Sequence[str]) -> None:
     plt.close(fig)
 
 
-def _steps_formatter():
+def steps_formatter():
     from matplotlib.ticker import FuncFormatter
 
     def fmt(x, _pos):
@@ -227,7 +227,7 @@ def learning_curves(runs: Sequence[RunRecord], report: PlotReport, formats, reps
                 ax.set_xlabel(X_AXES[x])
                 ax.set_ylabel("eval return")
                 if x == "env_steps":
-                    ax.xaxis.set_major_formatter(_steps_formatter())
+                    ax.xaxis.set_major_formatter(steps_formatter())
                 ax.grid(alpha=0.3)
             title = f"{agent.upper()}: evaluation return (mean, 95% bootstrap CI)"
             if level is not None:

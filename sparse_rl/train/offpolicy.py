@@ -14,24 +14,7 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.analysis.gradient_flow import make_recorder
 from sparse_rl.replay import ReplayBuffer, Transition
-from sparse_rl.train.runner import RunContext, timed_compile
-
-
-def _split_state(state: dict, prefix: str) -> tuple[dict, dict]:
-    """Separate numpy arrays (checkpoint arrays) from JSON-able values (manifest)."""
-    arrays, values = {}, {}
-    for name, value in state.items():
-        if isinstance(value, np.ndarray):
-            arrays[f"{prefix}{name}"] = value
-        else:
-            values[name] = value
-    return arrays, values
-
-
-def _join_state(arrays: dict, values: dict, prefix: str) -> dict:
-    state = dict(values)
-    state.update({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-    return state
+from sparse_rl.train.runner import RunContext, join_state, split_state, timed_compile
 
 
 def _example_batch(obs_spec, action_spec, batch_size: int) -> Transition:
@@ -115,8 +98,8 @@ def run(ctx: RunContext) -> dict:
         recent_returns = list(counters["recent_returns"])
         episodes = int(counters["episodes"])
         last_metrics = dict(counters.get("last_metrics", {}))
-        replay.load_state_dict(_join_state(extra, counters["replay"], "replay/"))
-        env.set_state(_join_state(extra, counters["env"], "env/"))
+        replay.load_state_dict(join_state(extra, counters["replay"], "replay/"))
+        env.set_state(join_state(extra, counters["env"], "env/"))
         timestep = env.current_timestep() if hasattr(env, "current_timestep") else None
         obs = extra["loop/obs"]
     else:
@@ -132,8 +115,8 @@ def run(ctx: RunContext) -> dict:
                              resume_step=start_step if restored is not None else None, ctx=ctx)
 
     def save(step):
-        replay_arrays, replay_values = _split_state(replay.state_dict(), "replay/")
-        env_arrays, env_values = _split_state(env.get_state(), "env/")
+        replay_arrays, replay_values = split_state(replay.state_dict(), "replay/")
+        env_arrays, env_values = split_state(env.get_state(), "env/")
         counters = {
             "step": step, "episode_return": episode_return, "episode_length": episode_length,
             "recent_returns": recent_returns, "episodes": episodes, "last_metrics": last_metrics,

@@ -35,24 +35,7 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.agents import normalize as running
 from sparse_rl.agents.ppo import Rollout
-from sparse_rl.train.runner import RunContext, timed_compile
-
-
-def _split_state(state: dict, prefix: str) -> tuple[dict, dict]:
-    """Separate numpy arrays (checkpoint arrays) from JSON-able values (manifest)."""
-    arrays, values = {}, {}
-    for name, value in state.items():
-        if isinstance(value, np.ndarray):
-            arrays[f"{prefix}{name}"] = value
-        else:
-            values[name] = value
-    return arrays, values
-
-
-def _join_state(arrays: dict, values: dict, prefix: str) -> dict:
-    state = dict(values)
-    state.update({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-    return state
+from sparse_rl.train.runner import RunContext, join_state, split_state, timed_compile
 
 
 def example_rollout(config, info) -> Rollout:
@@ -109,7 +92,7 @@ def run(ctx: RunContext) -> dict:
         counters = manifest["counters"]
         start_iteration = int(counters["iteration"])
         last_metrics = dict(counters.get("last_metrics", {}))
-        env.set_state(_join_state(extra, counters["env"], "env/"))
+        env.set_state(join_state(extra, counters["env"], "env/"))
         obs = np.asarray(extra["loop/obs"])
         reward_stats = running.RunningMeanStd(
             *(np.asarray(extra[f"loop/reward_stats/{name}"]) for name in running.RunningMeanStd._fields)
@@ -124,7 +107,7 @@ def run(ctx: RunContext) -> dict:
     )
 
     def save(step, iteration):
-        env_arrays, env_values = _split_state(env.get_state(), "env/")
+        env_arrays, env_values = split_state(env.get_state(), "env/")
         counters = {"step": step, "iteration": iteration, "last_metrics": last_metrics, "env": env_values}
         arrays = {
             **env_arrays, "loop/obs": np.asarray(obs), "loop/discounted_return": discounted.copy(),

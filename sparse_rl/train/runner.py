@@ -321,6 +321,23 @@ def _to_float(value):
         return value
 
 
+def split_state(state: dict, prefix: str) -> tuple[dict, dict]:
+    """Separate numpy arrays (checkpoint arrays) from JSON-able values (manifest)."""
+    arrays, values = {}, {}
+    for name, value in state.items():
+        if isinstance(value, np.ndarray):
+            arrays[f"{prefix}{name}"] = value
+        else:
+            values[name] = value
+    return arrays, values
+
+
+def join_state(arrays: dict, values: dict, prefix: str) -> dict:
+    state = dict(values)
+    state.update({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+    return state
+
+
 def timed_compile(ctx: RunContext, fn: Callable, *args, **kwargs):
     """Call a jitted function once, adding its compile time to the run's compile seconds."""
     start = time.perf_counter()
