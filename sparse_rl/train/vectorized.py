@@ -38,7 +38,8 @@ import sparse_rl
 from sparse_rl import envs
 from sparse_rl.errors import ConfigError
 from sparse_rl.replay import ReplayBuffer, Transition
-from sparse_rl.train.offpolicy import _learning_starts, _split_state
+from sparse_rl.train.offpolicy import _learning_starts
+from sparse_rl.train.runner import split_state
 from sparse_rl.train.rundir import RunDir
 from sparse_rl.train.runner import RunConfig, RunContext, agent_module, default_out
 from sparse_rl.train.serialize import config_diff
@@ -309,8 +310,8 @@ def _run(ctxs: list[RunContext], agents: list, extras: list) -> list[dict]:
         host = jax.device_get(states)
         for i, ctx in enumerate(ctxs):
             state_i = host_slice(host, i)
-            replay_arrays, replay_values = _split_state(replays[i].state_dict(), "replay/")
-            env_arrays, env_values = _split_state(env_list[i].get_state(), "env/")
+            replay_arrays, replay_values = split_state(replays[i].state_dict(), "replay/")
+            env_arrays, env_values = split_state(env_list[i].get_state(), "env/")
             counters = {
                 "step": step, "episode_return": float(episode_return[i]),
                 "episode_length": int(episode_length[i]), "recent_returns": recent_returns[i],
