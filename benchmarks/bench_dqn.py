@@ -11,14 +11,13 @@ SPS is end to end: environment steps divided by the wall time of the whole train
 benchmarks/results/dqn_<env>.json; the README's benchmark table is made from those files.
 """
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import add_ratios, machine, peak_rss_mib, run_worker, write_results  # noqa: E402
+from common import add_ratios, benchmark_parser, machine, peak_rss_mib, run_worker, write_results  # noqa: E402
 
 METHODS = ("dense", "static", "prune", "set", "rigl")
 
@@ -78,15 +77,7 @@ def sbx(env_id: str, steps: int) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--sbx-python", default=sys.executable, help="interpreter that has sbx installed")
-    parser.add_argument("--no-sbx", action="store_true")
-    parser.add_argument("--worker", choices=("ours", "sbx"), help=argparse.SUPPRESS)
-    parser.add_argument("--method", default="dense", help=argparse.SUPPRESS)
+    parser = benchmark_parser(__doc__, "CartPole-v1", 20_000, METHODS)
     args = parser.parse_args()
 
     if args.worker == "ours":

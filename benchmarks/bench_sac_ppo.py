@@ -9,14 +9,13 @@ by the wall time of the whole training call, compilation included); our steady-s
 compilation and evaluation) is reported beside it. Results: benchmarks/results/<agent>_<env>.json.
 """
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import add_ratios, machine, peak_rss_mib, run_worker, write_results  # noqa: E402
+from common import add_ratios, benchmark_parser, machine, peak_rss_mib, run_worker, write_results  # noqa: E402
 
 METHODS = ("dense", "static", "prune", "set", "rigl")
 LEARNING_STARTS = 1000  # the same short warm-up for both libraries in a short benchmark
@@ -68,16 +67,8 @@ def sbx(agent: str, env_id: str, steps: int) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, "HalfCheetah-v5", None, METHODS)
     parser.add_argument("--agent", choices=("sac", "ppo"), default="sac")
-    parser.add_argument("--env", default="HalfCheetah-v5")
-    parser.add_argument("--steps", type=int, default=None, help="default: 6000 (SAC), 16384 (PPO)")
-    parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--sbx-python", default=sys.executable, help="interpreter that has sbx installed")
-    parser.add_argument("--no-sbx", action="store_true")
-    parser.add_argument("--worker", choices=("ours", "sbx"), help=argparse.SUPPRESS)
-    parser.add_argument("--method", default="dense", help=argparse.SUPPRESS)
     args = parser.parse_args()
     steps = args.steps or (6000 if args.agent == "sac" else 16384)
 

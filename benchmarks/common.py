@@ -69,3 +69,19 @@ def add_ratios(rows: list[dict]) -> None:
         if "sps" in row and peer:
             row["vs_sbx"] = row["sps"] / peer["sps"]
             row["memory_vs_sbx"] = row["peak_rss_mib"] / peer["peak_rss_mib"]
+
+
+def benchmark_parser(doc: str, env: str, steps: int | None, methods: tuple[str, ...]):
+    """The options every speed benchmark takes (and the hidden ones of its worker processes)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default=env)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--methods", default=",".join(methods))
+    parser.add_argument("--sbx-python", default=sys.executable, help="interpreter that has sbx installed")
+    parser.add_argument("--no-sbx", action="store_true")
+    parser.add_argument("--worker", choices=("ours", "sbx"), help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="dense", help=argparse.SUPPRESS)
+    return parser

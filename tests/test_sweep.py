@@ -26,21 +26,6 @@ BROKEN = "dqn/CartPole-v1/static-0.9/seed1"
 TIMING = ("wall_time", "sps")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def workers_share_the_compilation_cache():
-    """Worker processes use the test session's compilation cache (tests/conftest.py) instead of
-    one per sweep directory, so a program is compiled once for all the sweeps of the tests."""
-    import jax
-
-    cache = jax.config.jax_compilation_cache_dir
-    old = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    if cache and old is None:
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-    yield
-    if old is None:
-        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-
-
 def _sweep(*argv):
     return sweep_cli.main([*argv])
 
