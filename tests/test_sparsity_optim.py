@@ -220,3 +220,61 @@ def test_haiku_mlp_paths():
     state = tx.init(params)
     masks = get_masks(state)
     assert int((~np.asarray(masks["mlp/~/linear_1"]["w"])).sum()) == int(0.8 * 256)
+
+
+CALENDAR_CONFIGS = [
+    SparsityConfig(method="prune", sparsity=0.8, update_every=3, start_step=2, end_step=13),
+    SparsityConfig(method="prune", sparsity=0.8, update_every=5, start_step=0, end_step=1),
+    SparsityConfig(method="set", sparsity=0.8, update_every=4, end_step=17),
+    SparsityConfig(method="rigl", sparsity=0.8, update_every=1, end_step=5),
+    SparsityConfig(method="static", sparsity=0.8),
+    SparsityConfig(method="dense", sparsity=0.0),
+]
+
+
+@pytest.mark.parametrize("cfg", CALENDAR_CONFIGS, ids=lambda c: c.method)
+def test_mask_update_steps_is_the_host_twin_of_is_update_step(cfg):
+    from sparse_rl.sparsity import is_update_step, mask_update_due, mask_update_steps
+
+    t = np.arange(40)
+    expected = t[np.broadcast_to(np.asarray(is_update_step(jnp.asarray(t), cfg)), t.shape)]
+    steps = mask_update_steps(cfg)
+    np.testing.assert_array_equal(steps, expected)
+    for first in range(40):
+        for count in (1, 3):
+            assert mask_update_due(steps, first, count) == bool(np.isin(np.arange(first, first + count), expected).any())
+
+
+@pytest.mark.parametrize("method", ["prune", "set", "rigl"])
+def test_skipping_the_topology_branch_when_not_due_changes_nothing(method):
+    """Calls with `topology=False` where no mask update is due give exactly the always-`True` run."""
+    from sparse_rl.sparsity import mask_update_due, mask_update_steps
+
+    cfg = SparsityConfig(method=method, sparsity=0.7, update_every=4, start_step=2, end_step=14)
+    tx = sparsify(optax.adam(1e-2), cfg, key=jax.random.PRNGKey(3))
+    steps = mask_update_steps(cfg)
+
+    @jax.jit
+    def always(p, s):
+        u, s = tx.update(GRAD(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    @jax.jit
+    def frozen(p, s):
+        u, s = tx.update(GRAD(p), s, p, topology=False)
+        return optax.apply_updates(p, u), s
+
+    s0 = tx.init(PARAMS)
+    p0 = apply_masks(PARAMS, get_masks(s0))
+    pa, sa, pb, sb = p0, s0, p0, s0
+    for t in range(20):
+        pa, sa = always(pa, sa)
+        pb, sb = (always if mask_update_due(steps, t) else frozen)(pb, sb)
+    for x, y in zip(jax.tree.leaves((pa, sa)), jax.tree.leaves((pb, sb))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # and skipping a due update really skips it (the switch is not a no-op)
+    s1 = tx.init(PARAMS)
+    p1 = apply_masks(PARAMS, get_masks(s1))
+    for t in range(int(steps[0]) + 1):
+        p1, s1 = frozen(p1, s1)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(get_masks(s1)), jax.tree.leaves(get_masks(s0))))

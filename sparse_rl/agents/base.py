@@ -26,8 +26,10 @@ class Agent(NamedTuple):
     init: Callable[[jax.Array], Any]
     # (state, obs batch [B, ...], key, env step (int), evaluation: bool static) -> actions [B, ...].
     act: Callable[..., jax.Array]
-    # (state, batch, key) -> (state, metrics dict of scalars). One call may run several gradient
-    # steps (lax.scan) when the agent is configured so.
+    # (state, batch, key, topology=True) -> (state, metrics dict of scalars). One call may run
+    # several gradient steps (lax.scan) when the agent is configured so. `topology` (static): False
+    # compiles the update without the mask-update branch; only valid when no mask update is due in
+    # the call (see `mask_update_steps`).
     update: Callable[..., tuple[Any, dict[str, jax.Array]]]
     # state -> {network name: (params, masks)}, e.g. {"q": ...} or {"actor": ..., "critic1": ...}.
     # Used for measured sparsity, analysis and checkpoint statistics.
@@ -35,3 +37,7 @@ class Agent(NamedTuple):
     # Optional `sparse_rl.analysis.gradient_flow.AnalysisHook` (dense gradients, forward functions
     # and resolved sparsity configs per network) for the training-time analysis; None: no analysis.
     analysis: Any = None
+    # Sorted values of `state.gradient_steps` (before the step) at which some network's masks may
+    # change (`sparse_rl.sparsity.mask_update_steps`, union over networks); None: unknown, always
+    # call `update` with topology=True.
+    mask_update_steps: Any = None

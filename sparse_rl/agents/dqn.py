@@ -18,7 +18,7 @@ from sparse_rl.agents import common
 from sparse_rl.agents.base import Agent
 from sparse_rl.analysis.gradient_flow import AnalysisHook
 from sparse_rl.errors import ConfigError, check, check_choice, check_fields
-from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, sparse_init, sparsify
+from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, mask_update_steps, sparse_init, sparsify
 
 LOOP = "offpolicy"
 LOSSES = ("mse", "huber")
@@ -246,12 +246,12 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         losses = rlax.huber_loss(td, 1.0) if config.loss == "huber" else rlax.l2_loss(td)
         return jnp.mean(losses), jnp.mean(q)
 
-    def update(state, batch, key):
+    def update(state, batch, key, topology=True):
         del key  # DQN's update is deterministic given the batch.
         (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.target_params, batch
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, topology=topology)
         params = optax.apply_updates(state.params, updates)
         steps = state.gradient_steps + 1
         refresh = steps % config.target_update_every == 0
@@ -278,7 +278,8 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
     return Agent(
         init=jax.jit(init),
         act=jax.jit(act, static_argnames="evaluation"),
-        update=jax.jit(update, donate_argnums=0),
+        update=jax.jit(update, donate_argnums=0, static_argnames="topology"),
         networks=networks,
         analysis=analysis,
+        mask_update_steps=mask_update_steps(sparsity),
     )

@@ -40,7 +40,8 @@ from sparse_rl.agents import common
 from sparse_rl.agents.base import Agent
 from sparse_rl.analysis.gradient_flow import AnalysisHook
 from sparse_rl.errors import ConfigError, check, check_choice, check_fields
-from sparse_rl.sparsity import METHODS, SparsityConfig, apply_masks, get_masks, sparse_init, sparsify
+from sparse_rl.sparsity import (METHODS, SparsityConfig, apply_masks, get_masks, mask_update_steps, sparse_init,
+                               sparsify)
 
 LOOP = "offpolicy"
 
@@ -422,7 +423,7 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         q = jnp.min(twin_q(critic_params, batch.obs, action), axis=0)
         return jnp.mean(alpha * log_prob - q), log_prob
 
-    def gradient_step(state: SACState, batch, key):
+    def gradient_step(state: SACState, batch, key, topology=True):
         next_key, policy_key = jax.random.split(key)
         alpha = jnp.exp(state.log_alpha)
 
@@ -431,7 +432,7 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
             state.critic_params, state, batch, next_key)
         critic_params, critic_opt_state = [], []
         for params, grads, opt_state in zip(state.critic_params, critic_grads, state.critic_opt_state):
-            updates, opt_state = critic_tx.update(grads, opt_state, params)
+            updates, opt_state = critic_tx.update(grads, opt_state, params, topology=topology)
             critic_params.append(optax.apply_updates(params, updates))
             critic_opt_state.append(opt_state)
         critic_params, critic_opt_state = tuple(critic_params), tuple(critic_opt_state)
@@ -439,7 +440,8 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         # Actor: against the freshly updated critics.
         (actor_loss, log_prob), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(
             state.actor_params, critic_params, alpha, batch, policy_key)
-        updates, actor_opt_state = actor_tx.update(actor_grads, state.actor_opt_state, state.actor_params)
+        updates, actor_opt_state = actor_tx.update(actor_grads, state.actor_opt_state, state.actor_params,
+                                                   topology=topology)
         actor_params = optax.apply_updates(state.actor_params, updates)
 
         # Temperature: raise alpha when the policy entropy is below the target, lower it above.
@@ -472,9 +474,9 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
     g = config.gradient_steps
     obs_ndim = len(obs_shape)
 
-    def update(state, batch, key):
+    def update(state, batch, key, topology=True):
         if g == 1:
-            return gradient_step(state, batch, key)
+            return gradient_step(state, batch, key, topology)
         rows = batch.obs.shape[: batch.obs.ndim - obs_ndim]
         if len(rows) == 2:
             check(rows[0] == g, "batch", f"leading dim {rows[0]} != gradient_steps ({g})")
@@ -483,7 +485,7 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
             batches = jax.tree_util.tree_map(lambda x: x.reshape(g, config.batch_size, *x.shape[1:]), batch)
         else:  # one minibatch, reused for every gradient step
             batches = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (g, *x.shape)), batch)
-        state, metrics = jax.lax.scan(lambda s, xs: gradient_step(s, *xs), state,
+        state, metrics = jax.lax.scan(lambda s, xs: gradient_step(s, *xs, topology), state,
                                       (batches, jax.random.split(key, g)))
         return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
@@ -522,7 +524,8 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
     return Agent(
         init=jax.jit(init),
         act=jax.jit(act, static_argnames="evaluation"),
-        update=jax.jit(update, donate_argnums=0),
+        update=jax.jit(update, donate_argnums=0, static_argnames="topology"),
         networks=networks,
         analysis=analysis,
+        mask_update_steps=np.union1d(mask_update_steps(actor_sparsity), mask_update_steps(critic_sparsity)),
     )

@@ -1,8 +1,9 @@
-"""Schedules (all jnp, step may be traced)."""
+"""Schedules (jnp, step may be traced), plus the host-side calendar of mask updates."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from sparse_rl.sparsity.config import DYNAMIC_METHODS, SparsityConfig
 
@@ -38,3 +39,28 @@ def is_update_step(step, config: SparsityConfig):
     if config.method in DYNAMIC_METHODS:
         return (t % config.update_every == 0) & (t <= config.end_step)
     return jnp.zeros((), bool)
+
+
+def mask_update_steps(config: SparsityConfig) -> np.ndarray:
+    """Sorted step counts at which `is_update_step` is true (numpy int64; empty for dense/static).
+
+    The host-side twin of `is_update_step`: env loops use it to know, without reading the device,
+    whether an update call can change masks (`mask_update_due`), and run a program without the
+    mask-update branch otherwise.
+    """
+    if config.method == "prune":
+        s, e = int(config.start_step), int(config.end_step)
+        if e < s:
+            return np.zeros((0,), np.int64)
+        return np.union1d(np.arange(s, e + 1, int(config.update_every)), [e]).astype(np.int64)
+    if config.method in DYNAMIC_METHODS:
+        e = int(config.end_step)
+        return np.arange(0, max(e, -1) + 1, int(config.update_every), dtype=np.int64)
+    return np.zeros((0,), np.int64)
+
+
+def mask_update_due(steps: np.ndarray, first: int, count: int = 1) -> bool:
+    """Whether any of the sorted `steps` lies in [first, first + count): an update call that runs
+    `count` gradient steps from step count `first` may change masks."""
+    i = int(np.searchsorted(steps, first))
+    return i < len(steps) and int(steps[i]) < first + count

@@ -14,6 +14,7 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.analysis.gradient_flow import make_recorder
 from sparse_rl.replay import ReplayBuffer, Transition
+from sparse_rl.sparsity import mask_update_due
 from sparse_rl.train.runner import RunContext, join_state, split_state, timed_compile
 
 
@@ -60,8 +61,14 @@ def run(ctx: RunContext) -> dict:
 
     act_fn = jax.jit(act_fn)
     # The per-step key is derived inside the jitted call: one dispatch per update, not two.
-    update_fn = jax.jit(lambda state, batch, key, step: agent.update(state, batch, jax.random.fold_in(key, step)),
-                        donate_argnums=0)
+    # Two programs for prune/SET/RigL: calls in which no mask update is due run one without the
+    # mask-update branch (`topology=False`), which is what most calls are.
+    update_fn = jax.jit(
+        lambda state, batch, key, step, topology: agent.update(state, batch, jax.random.fold_in(key, step),
+                                                               topology=topology),
+        donate_argnums=0, static_argnames="topology")
+    calendar = getattr(agent, "mask_update_steps", None)
+    per_call = int(getattr(config, "gradient_steps", 1))
     if continuous:
         low = jnp.asarray(action_spec.minimum, jnp.float32)
         high = jnp.asarray(action_spec.maximum, jnp.float32)
@@ -112,6 +119,7 @@ def run(ctx: RunContext) -> dict:
 
     # Training-time analysis (gradient flow, SNR, dormant neurons, topology) -> analysis.csv.
     recorder = make_recorder(agent, state, ctx.rundir.path, every=getattr(run_cfg, "analysis_every", 0),
+                             snr_every=getattr(run_cfg, "analysis_snr_every", 10),
                              resume_step=start_step if restored is not None else None, ctx=ctx)
 
     def save(step):
@@ -126,7 +134,9 @@ def run(ctx: RunContext) -> dict:
         ctx.save_checkpoint(step, {"agent": state}, arrays, counters, state=state)
 
     # --- the loop ------------------------------------------------------------------------
-    compiled_update = False
+    compiled_update: set[bool] = set()
+    # Gradient steps done, counted on the host so that choosing the program never reads the device.
+    grad_steps = int(state.gradient_steps)
     ctx.reset_sps(start_step)
     sps = 0.0
     loop_start, loop_start_step = time.perf_counter(), start_step
@@ -156,11 +166,13 @@ def run(ctx: RunContext) -> dict:
             batch = replay.sample(sample_size, n_step=n_step, gamma=gamma)
             if recorder is not None:
                 recorder.before_update(state, batch)
-            if not compiled_update:
-                state, metrics = timed_compile(ctx, update_fn, state, batch, update_key, step)
-                compiled_update = True
+            topology = calendar is None or mask_update_due(calendar, grad_steps, per_call)
+            if topology not in compiled_update:
+                state, metrics = timed_compile(ctx, update_fn, state, batch, update_key, step, topology)
+                compiled_update.add(topology)
             else:
-                state, metrics = update_fn(state, batch, update_key, step)
+                state, metrics = update_fn(state, batch, update_key, step, topology)
+            grad_steps += per_call
             last_metrics = metrics
             if recorder is not None:
                 recorder.after_update(state, batch, step + 1)

@@ -1,0 +1,60 @@
+"""Agents run an update program without the mask-update branch when no mask update is due; the
+results are exactly those of the always-branching program."""
+
+import jax
+import numpy as np
+import pytest
+
+from sparse_rl import envs
+from sparse_rl.cli import build_train_args
+from sparse_rl.replay import Transition
+from sparse_rl.sparsity import mask_update_due
+
+
+def random_batch(spec, size, rng):
+    o, a = spec.observation_spec, spec.action_spec
+    obs = rng.standard_normal((size, *o.shape)).astype(o.dtype)
+    if hasattr(a, "num_values"):
+        action = rng.integers(0, int(a.num_values), size).astype(a.dtype)
+    else:
+        action = rng.uniform(-1, 1, (size, *a.shape)).astype(a.dtype)
+    return Transition(obs, action, rng.standard_normal(size).astype(np.float32),
+                      np.ones(size, np.float32), rng.standard_normal((size, *o.shape)).astype(o.dtype))
+
+
+@pytest.mark.parametrize("agent_name, env_id, extra", [
+    ("dqn", "CartPole-v1", ["--dqn.widths", "16", "16", "--dqn.batch-size", "8"]),
+    ("sac", "Pendulum-v1", ["--sac.actor-widths", "16", "16", "--sac.critic-widths", "16", "16",
+                            "--sac.batch-size", "8"]),
+])
+def test_calendar_switch_equals_always_branching(agent_name, env_id, extra):
+    import importlib
+
+    run, config = build_train_args(["--agent", agent_name, "--env", env_id, "--method", "rigl",
+                                    "--sparsity", "0.8", "--update-every", "5", "--steps", "2000", *extra])
+    module = importlib.import_module(f"sparse_rl.agents.{agent_name}")
+    spec = envs.env_spec(env_id)
+    agent = module.make(config, spec, run.steps)
+    assert agent.mask_update_steps is not None and len(agent.mask_update_steps) > 0
+    rng = np.random.default_rng(0)
+    batches = [random_batch(spec, 8, rng) for _ in range(12)]
+    a = b = agent.init(jax.random.PRNGKey(0))
+    b = jax.tree.map(lambda x: x.copy(), b)
+    switched = 0
+    for t, batch in enumerate(batches):
+        key = jax.random.PRNGKey(t)
+        a, _ = agent.update(a, batch, key)
+        due = mask_update_due(agent.mask_update_steps, t)
+        switched += not due
+        b, _ = agent.update(b, batch, key, topology=due)
+    assert 0 < switched < len(batches)  # both programs ran
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_static_has_no_mask_update_calendar():
+    from sparse_rl.agents import dqn
+
+    run, config = build_train_args(["--method", "static", "--sparsity", "0.9", "--steps", "2000"])
+    agent = dqn.make(config, envs.env_spec("CartPole-v1"), run.steps)
+    assert len(agent.mask_update_steps) == 0
