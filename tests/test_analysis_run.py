@@ -19,7 +19,7 @@ def run_dir(tmp_path_factory):
     argv = ["--steps", "600", "--out", str(out), "--dqn.widths", "16", "16",
             "--dqn.learning-starts", "100", "--dqn.batch-size", "32", "--eval-every", "300",
             "--eval-episodes", "2", "--log-every", "300", "--method", "rigl", "--sparsity", "0.8",
-            "--update-every", "100", "--analysis-every", "100"]
+            "--update-every", "100", "--analysis-every", "100", "--analysis-snr-every", "3"]
     from sparse_rl.analysis.gradient_flow import GradientFlowRecorder
 
     with pytest.MonkeyPatch.context() as mp:  # see recorder errors instead of a warning
@@ -34,12 +34,22 @@ def test_training_writes_analysis(run_dir):
     topology = m["event"] == "topology"
     assert periodic.sum() == 5 and topology.sum() >= 3  # 500 gradient steps; RigL every 100 up to 75%
     assert np.all(np.isfinite(m["gf/q/total/dist_from_init"][periodic]))
-    assert np.isfinite(m["snr/q/total/median"][periodic][0])
+    snr = m["snr/q/total/median"][periodic]
+    assert np.all(np.isfinite(snr[[0, 3]])) and np.all(np.isnan(snr[[1, 2, 4]]))  # rows 1, 4
     assert np.all(m["topo/q/total/churn"][topology] >= 0)
     meta = json.loads((run_dir / "analysis.json").read_text())
-    assert meta["records"]["periodic"] == 5 and meta["overhead_fraction"] >= 0
+    assert meta["records"]["periodic"] == 5 and meta["records"]["snr"] == 2
+    assert meta["snr_every"] == 3 and meta["overhead_fraction"] >= 0
     assert "error" not in meta
     assert (run_dir / "init_params.npz").exists()
+
+
+def test_snr_interval_is_validated():
+    from sparse_rl.train.runner import RunConfig
+
+    assert RunConfig().analysis_snr_every == 10
+    with pytest.raises(ConfigError, match="analysis_snr_every"):
+        RunConfig(analysis_snr_every=-1)
 
 
 def test_layer_sensitivity_curves(run_dir):

@@ -222,6 +222,44 @@ def test_bad_input_is_refused_with_named_fields():
         ppo.make(tiny(), image, 64)
 
 
+def test_analysis_batch_and_hook(box_agent):
+    """The analysis batch is the whole rollout as the networks see it, advantages normalised over
+    all of it; the hook's gradients are those of the PPO loss over the whole rollout."""
+    from sparse_rl.analysis import gradient_flow as gf
+
+    agent = box_agent
+    state = agent.init(jax.random.PRNGKey(0))
+    rollout = fake_rollout(agent, state, BOX)
+    state, _ = agent.update(state, rollout, jax.random.PRNGKey(3))  # non-trivial obs statistics
+    batch = agent.analysis_batch(state, rollout)
+    assert {k: v.shape[0] for k, v in batch.items()} == dict.fromkeys(
+        ("x", "action", "log_prob", "value", "return", "advantage"), 16)
+    np.testing.assert_allclose(float(jnp.mean(batch["advantage"])), 0.0, atol=1e-5)
+    np.testing.assert_allclose(float(jnp.std(batch["advantage"])), 1.0, rtol=1e-4)
+    assert float(jnp.std(batch["x"])) < float(jnp.std(rollout.obs))  # normalised observations
+    hook = agent.analysis
+    assert set(hook.sparsity) == {"actor", "value"} and hook.sparsity["actor"].method == "static"
+    assert hook.steps_per_update == 4 and hook.activation == "tanh"
+    g = jax.jit(hook.grads)(state, batch)  # jitted: eager op-by-op dispatch compiles every op
+    nets = agent.networks(state)
+    for name in ("actor", "value"):
+        grads, masks, params = g[name]
+        assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(nets[name][0])
+        stats = gf.gradient_flow_stats(*jax.device_get((grads, masks, params)))  # numpy
+        assert 0 < float(stats["total"]["masked_grad_norm"]) <= float(stats["total"]["dense_grad_norm"])
+    # the gradient of the PPO loss over the whole rollout (advantages normalised once, there)
+    loss = lambda a, v: agent.loss(state._replace(actor_params=a, value_params=v), rollout)["loss"]  # noqa: E731
+    expected = jax.jit(jax.grad(loss, argnums=(0, 1)))(state.actor_params, state.value_params)
+    for name, want in zip(("actor", "value"), expected):
+        for a, b in zip(jax.tree_util.tree_leaves(g[name][0]), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    # per-item gradients (the SNR's) are finite and not all equal
+    values = jax.jit(lambda s, b: gf.chunked_snr_values(
+        lambda one: {k: v[0] for k, v in hook.grads(s, one).items()}, b, 5))(state, batch)
+    total = gf.summarize_snr(jax.device_get(values))["total"]
+    assert np.isfinite(float(total["median"])) and 0 < float(total["median"]) < 1e3
+
+
 # --- through the runner ------------------------------------------------------------------------
 import csv  # noqa: E402
 import json  # noqa: E402
@@ -286,6 +324,7 @@ def test_every_method_runs_through_the_runner(tmp_path, monkeypatch, env, pair):
                    "sparsity_actor", "sparsity_value"):
         assert all(np.isfinite(float(r[column])) for r in rows), column
     assert int(rows[-1]["gradient_steps"]) == 32
+    assert not (out / "analysis.csv").exists()  # --analysis-every 0
     stored = json.loads((out / "summary.json").read_text())
     assert stored["final_eval_return"] == summary["final_eval_return"] is not None
     for network, method, target in (("actor", actor, 0.8), ("value", value, 0.6)):
@@ -311,6 +350,73 @@ def test_resume_equals_uninterrupted(tmp_path):
     b = json.loads((part / "summary.json").read_text())
     for key in ("final_eval_return", "eval_returns", "nonzero_params", "networks"):
         assert a[key] == b[key], key
+
+
+# --- training-time analysis (sparse_rl.analysis) -----------------------------------------------------
+# Pruning both networks from gradient step 7 to 25, every 2 (--update-every 2): a mask update falls
+# inside every one of the 4 update calls of 8 gradient steps. A periodic row every 8 gradient steps
+# (one per call), the SNR on every 2nd.
+ANALYSIS = (*methods("prune", "prune"), "--ppo.actor-sparsity.sparsity", "0.8",
+            "--ppo.value-sparsity.sparsity", "0.8", "--analysis-every", "8", "--analysis-snr-every", "2",
+            "--checkpoint-every", "256")
+
+
+@pytest.fixture(scope="module")
+def analysis_run(tmp_path_factory):
+    from sparse_rl.analysis.gradient_flow import GradientFlowRecorder
+
+    with pytest.MonkeyPatch.context() as mp:  # see recorder errors instead of a warning
+        mp.setattr(GradientFlowRecorder, "raise_errors", True)
+        _, out = run_cli(tmp_path_factory.mktemp("ppo_analysis"), "CartPole-v1", *ANALYSIS)
+    return out
+
+
+def test_analysis_records_ppo_run(analysis_run):
+    from sparse_rl.train.metrics import read_metrics
+
+    m = read_metrics(analysis_run / "analysis.csv")
+    # One topology row per update call, at the call's first mask update; periodic rows after each call.
+    assert m["event"].tolist() == ["topology", "periodic"] * 4
+    assert m["grad_step"].tolist() == [7, 8, 9, 16, 17, 24, 25, 32]
+    assert m["step"].tolist() == [128, 128, 256, 256, 384, 384, 512, 512]
+    periodic, topology = m["event"] == "periodic", m["event"] == "topology"
+    for net in ("actor", "value"):
+        for col in (f"gf/{net}/total/dense_grad_norm", f"gf/{net}/mlp/~/linear_0/w/dist_from_init",
+                    f"dormant/{net}/total/tau0.025", f"dormant/{net}/mlp/~/linear_1/tau0"):
+            assert np.all(np.isfinite(m[col][periodic])), col
+        dense, masked = m[f"gf/{net}/total/dense_grad_norm"], m[f"gf/{net}/total/masked_grad_norm"]
+        assert np.all(masked[periodic] <= dense[periodic] * (1 + 1e-6)), net
+        assert np.all(masked[periodic][1:] < dense[periodic][1:]), net  # sparse from the 2nd call on
+        snr = m[f"snr/{net}/total/median"][periodic]
+        assert np.all(np.isfinite(snr[[0, 2]])) and np.all(np.isnan(snr[[1, 3]])), net
+        sparsity = m[f"topo/{net}/total/sparsity"][topology]
+        assert np.all(np.diff(sparsity) >= 0) and sparsity[-1] == pytest.approx(0.8, abs=0.02), net
+        assert np.all(m[f"topo/{net}/total/ever_active"][topology] == 1.0)  # pruning never regrows
+    meta = json.loads((analysis_run / "analysis.json").read_text())
+    assert meta["records"] == {"periodic": 4, "snr": 2, "topology": 4} and "error" not in meta
+    assert meta["grad_steps"] == 32 and meta["overhead_fraction"] >= 0
+
+
+def test_analysis_snr_interval_flag(tmp_path):
+    from sparse_rl.train.metrics import read_metrics
+
+    _, out = run_cli(tmp_path, "CartPole-v1", *ANALYSIS, "--analysis-snr-every", "0")
+    m = read_metrics(out / "analysis.csv")
+    assert len(m["step"]) == 8 and not any(c.startswith("snr/") for c in m)
+    assert json.loads((out / "analysis.json").read_text())["records"]["snr"] == 0
+
+
+def test_analysis_resume_equals_uninterrupted(tmp_path, analysis_run):
+    _, part = run_cli(tmp_path, "CartPole-v1", *ANALYSIS, name="part")
+    (part / "COMPLETE").unlink()
+    for f in (part / "checkpoints").glob(f"ckpt_{STEPS:012d}*"):
+        f.unlink()
+    run_cli(tmp_path, "CartPole-v1", *ANALYSIS, "--resume", name="part")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    assert strip(read_rows(analysis_run)) == strip(read_rows(part))
+    with open(analysis_run / "analysis.csv") as a, open(part / "analysis.csv") as b:
+        full_rows, part_rows = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert len(part_rows) == 8 and part_rows == full_rows  # rows after the checkpoint rewritten once
 
 
 @pytest.mark.slow

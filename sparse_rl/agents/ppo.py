@@ -36,6 +36,7 @@ import rlax
 from sparse_rl import nets
 from sparse_rl.agents import common
 from sparse_rl.agents import normalize as running
+from sparse_rl.analysis.gradient_flow import AnalysisHook
 from sparse_rl.errors import ConfigError, check, check_choice, check_fields
 from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, sparse_init, sparsify
 
@@ -296,7 +297,9 @@ class PPOAgent(NamedTuple):
     loss: Callable
     # numbers the env loop needs (iterations, total gradient steps, action bounds, ...).
     info: dict
-    # No `sparse_rl.analysis` hook yet: one PPO update is many gradient steps (see the README).
+    # (state, rollout) -> the flat batch the analysis hook reads (all T*N transitions; see `make`).
+    analysis_batch: Callable | None = None
+    # sparse_rl.analysis hook: gradient flow, SNR, dormant neurons and topology of both networks.
     analysis: Any = None
 
 
@@ -498,14 +501,19 @@ def make(config: Config, env_spec, total_steps: int) -> PPOAgent:
     def value(state, obs):
         return value_net.apply(state.value_params, preprocess(state.obs_norm, obs))
 
-    def loss_fn(actor_params, value_params, obs_norm, mb):
-        x = preprocess(obs_norm, mb["obs"])
+    def normalize_advantage(adv):
+        return (adv - adv.mean()) / (adv.std() + 1e-8)
+
+    def loss_terms(actor_params, value_params, mb, normalize_advantages):
+        """(loss, metrics) on a minibatch whose observations are already preprocessed (`mb["x"]`,
+        what the networks see); advantages are normalised within it when `normalize_advantages`."""
+        x = mb["x"]
         log_prob, entropy = log_prob_entropy(actor_net.apply(actor_params, x), mb["action"])
         log_ratio = log_prob - mb["log_prob"]
         ratio = jnp.exp(log_ratio)
         adv = mb["advantage"]
-        if config.normalize_advantages:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        if normalize_advantages:
+            adv = normalize_advantage(adv)
         policy_loss = rlax.clipped_surrogate_pg_loss(ratio, adv, config.clip_epsilon)
         v = value_net.apply(value_params, x)
         value_error = jnp.square(v - mb["return"])
@@ -524,6 +532,10 @@ def make(config: Config, env_spec, total_steps: int) -> PPOAgent:
             "clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > config.clip_epsilon).astype(jnp.float32)),
         }
         return loss, metrics
+
+    def loss_fn(actor_params, value_params, obs_norm, mb):
+        mb = dict(mb, x=preprocess(obs_norm, mb["obs"]))
+        return loss_terms(actor_params, value_params, mb, config.normalize_advantages)
 
     grad_fn = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)
     num_minibatches, batch_size = config.num_minibatches, config.batch_size
@@ -592,6 +604,39 @@ def make(config: Config, env_spec, total_steps: int) -> PPOAgent:
             "value": (state.value_params, get_masks(state.value_opt_state)),
         }
 
+    # --- analysis hook (sparse_rl.analysis: gradient flow, SNR, dormant neurons, topology) ------
+    def analysis_batch(state, rollout):
+        """All T*N transitions of `rollout` as one flat batch: `x` the observations preprocessed
+        with the state's statistics (what the networks see), action, log_prob, value, return, and
+        the advantage already normalised over the whole batch (when `normalize_advantages`), so
+        that the loss of a single item, as the SNR's per-sample gradients take it, is meaningful."""
+        flat, _ = flatten(rollout)
+        adv = flat["advantage"]
+        if config.normalize_advantages:
+            adv = normalize_advantage(adv)
+        return {"x": preprocess(state.obs_norm, flat["obs"]), "action": flat["action"],
+                "log_prob": flat["log_prob"], "value": flat["value"], "return": flat["return"],
+                "advantage": adv}
+
+    analysis_grad = jax.grad(lambda a, v, mb: loss_terms(a, v, mb, False)[0], argnums=(0, 1))
+
+    def analysis_grads(state, batch):
+        """{network: (dense gradient of the PPO loss at the masked params, masks, params)} on an
+        `analysis_batch` (advantages normalised there, not again)."""
+        actor_grads, value_grads = analysis_grad(state.actor_params, state.value_params, batch)
+        nets_ = networks(state)
+        grads = {"actor": actor_grads, "value": value_grads}
+        return {name: (grads[name], nets_[name][1], nets_[name][0]) for name in grads}
+
+    analysis = AnalysisHook(
+        grads=analysis_grads,
+        forward={"actor": lambda params, batch: actor_net.apply(params, batch["x"]),
+                 "value": lambda params, batch: value_net.apply(params, batch["x"])},
+        sparsity=dict(sparsity),  # schedules resolved to gradient steps above
+        activation=config.activation if config.network == "mlp" else "relu",
+        steps_per_update=config.epochs * num_minibatches,
+    )
+
     info = {
         "discrete": discrete,
         "num_actions": num_actions,
@@ -615,4 +660,6 @@ def make(config: Config, env_spec, total_steps: int) -> PPOAgent:
         value=jax.jit(value),
         loss=jax.jit(loss),
         info=info,
+        analysis_batch=jax.jit(analysis_batch),
+        analysis=analysis,
     )

@@ -2,7 +2,7 @@
 
 - `gradient_flow`: per-layer norms of dense / masked gradients, weights and distance from
   initialisation, gradient SNR from per-sample gradients, the effect of mask updates; the
-  `GradientFlowRecorder` the off-policy loop uses to write `<run>/analysis.csv` every
+  `GradientFlowRecorder` the env loops use to write `<run>/analysis.csv` every
   `RunConfig.analysis_every` gradient steps; `AnalysisHook`, what an agent exposes for it.
 - `topology`: churn, positions ever active, tau-dormant neurons, fan-in / dead units.
 - `sensitivity`: post-hoc per-layer pruning and observation-noise robustness of a checkpoint;

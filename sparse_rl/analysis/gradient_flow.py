@@ -21,11 +21,18 @@ weight_norm_after, post_masked_grad_norm}`; a row leaves the columns of the othe
 The agent side is an `AnalysisHook` (the optional `analysis` entry of an `Agent`):
   grads(state, batch) -> {network: (dense_grads, masks, params)}
       the dense gradient of the network's loss at its current (masked) params on `batch`;
-      per-sample gradients for the SNR are this function vmapped over single-item batches.
+      per-sample gradients for the SNR are this function vmapped over single-item batches
+      (`chunked_snr_values`: `snr_chunk` items at a time).
   forward: {network: f(params, batch)} (optional) runs the network, for dormant neurons.
   sparsity: {network: SparsityConfig} with the schedule resolved to gradient steps (optional),
       so that the recorder knows at which gradient steps the masks change.
   activation: the torso's activation (name or callable), applied to captured layer outputs.
+  steps_per_update: gradient steps one `agent.update` call runs (optional; else the recorder
+      learns it from the sparsify step counter after the first call).
+
+The loop may pass, instead of a batch, a zero-argument callable returning one (PPO builds its
+analysis batch from the rollout with `agent.analysis_batch`): the recorder calls it only when it
+computes something, inside `before_update` / `after_update`.
 """
 
 from __future__ import annotations
@@ -43,8 +50,8 @@ from sparse_rl.sparsity import leaf_paths
 
 __all__ = [
     "AnalysisHook", "layer_norms", "gradient_flow_stats", "per_sample_grads", "gradient_snr",
-    "topology_update_effect", "snr_values", "summarize_snr", "flatten_stats", "should_record",
-    "update_steps",
+    "topology_update_effect", "snr_values", "chunked_snr_values", "summarize_snr", "flatten_stats",
+    "should_record", "update_steps",
     "GradientFlowRecorder", "make_recorder", "save_tree_npz", "load_tree_npz",
     "GF_STATS", "TOPO_STATS", "SNR_STATS", "ANALYSIS_FILE", "INIT_PARAMS_FILE",
 ]
@@ -69,6 +76,7 @@ class AnalysisHook(NamedTuple):
     forward: Mapping[str, Callable] | None = None
     sparsity: Mapping[str, Any] | None = None
     activation: str | Callable = "relu"
+    steps_per_update: int | None = None
 
 
 # --- pure statistics ----------------------------------------------------------------------------
@@ -172,6 +180,56 @@ def snr_values(per_sample):
         return xp.abs(mean) / (std + SNR_EPS)
 
     return jax.tree_util.tree_map(one, per_sample)
+
+
+def chunked_snr_values(grad_fn: Callable, batch, chunk: int = 32):
+    """`snr_values` of the per-sample gradients over `batch`, computed `chunk` items at a time.
+
+    grad_fn(one_item_batch) -> gradient tree is vmapped over the items of each chunk, each item
+    passed as a batch of one (leading axis of size 1), so memory is chunk x params rather than
+    batch x params. One pass over the chunks (`lax.scan`): each chunk's mean and sum of squared
+    deviations (two-pass within the chunk) are merged into the running ones with the parallel
+    formula of Chan et al., which stays stable (no sum of squares minus squared sum). A batch
+    size that is not a multiple of `chunk` is padded with copies of its last item that carry
+    weight 0. Equals `snr_values(per_sample_grads(...))` up to float32 rounding.
+    """
+    n = int(jax.tree_util.tree_leaves(batch)[0].shape[0])
+    chunk = max(1, min(int(chunk), n))
+    num = -(-n // chunk)
+    flat = np.arange(num * chunk)
+    index = jnp.asarray(np.minimum(flat, n - 1).reshape(num, chunk), jnp.int32)
+    weight = jnp.asarray((flat < n).reshape(num, chunk), jnp.float32)
+
+    def per_sample(idx):
+        items = jax.tree_util.tree_map(lambda x: jnp.take(jnp.asarray(x), idx, axis=0), batch)
+        return jax.vmap(lambda item: grad_fn(jax.tree_util.tree_map(lambda x: x[None], item)))(items)
+
+    shapes = jax.eval_shape(per_sample, index[0])
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape[1:], jnp.float32), shapes)
+
+    def step(carry, xs):
+        count, mean, m2 = carry
+        idx, w = xs
+        c = jnp.sum(w)
+        total = count + c
+
+        def merge(g, mean_a, m2_a):
+            g = g.astype(jnp.float32)
+            wb = w.reshape((-1,) + (1,) * (g.ndim - 1))
+            mean_b = jnp.sum(wb * g, axis=0) / c
+            dev = jnp.where(wb > 0, g - mean_b, 0.0)
+            m2_b = jnp.sum(dev * dev, axis=0)
+            delta = mean_b - mean_a
+            return (mean_a + delta * (c / total),
+                    m2_a + m2_b + delta * delta * (count * c / total))
+
+        pairs = jax.tree_util.tree_map(merge, per_sample(idx), mean, m2)  # (mean, m2) per leaf
+        mean = jax.tree_util.tree_map(lambda _, p: p[0], mean, pairs)
+        m2 = jax.tree_util.tree_map(lambda _, p: p[1], m2, pairs)
+        return (total, mean, m2), None
+
+    (count, mean, m2), _ = jax.lax.scan(step, (jnp.float32(0.0), zeros, zeros), (index, weight))
+    return jax.tree_util.tree_map(lambda m, s: jnp.abs(m) / (jnp.sqrt(s / count) + SNR_EPS), mean, m2)
 
 
 def summarize_snr(values, masks=None) -> dict:
@@ -284,14 +342,14 @@ def should_record(grad_step: int, every: int) -> bool:
 
 def update_steps(config) -> np.ndarray:
     """Sorted step counts at which the sparsify wrapper changes the masks of `config` (empty for
-    dense / static), from the core's own `is_update_step` (masks change in the update call whose
-    pre-increment step count is in the array); methods that change masks stop after `end_step`."""
-    from sparse_rl.sparsity import is_update_step
+    dense / static): `sparse_rl.sparsity.mask_update_steps`, the host-side twin of the core's
+    `is_update_step` (masks change in the update call whose pre-increment step count is in the
+    array). Methods that change masks stop at `end_step`."""
+    from sparse_rl.sparsity import mask_update_steps
 
     if getattr(config, "method", "dense") not in ("prune", "set", "rigl"):
         return np.zeros((0,), np.int64)
-    steps = np.arange(int(config.end_step) + 1)
-    return steps[np.asarray(is_update_step(jnp.asarray(steps, jnp.int32), config))]
+    return np.asarray(mask_update_steps(config), np.int64)
 
 
 # --- init params on disk --------------------------------------------------------------------------
@@ -345,17 +403,22 @@ class GradientFlowRecorder:
     """Writes gradient-flow, SNR, dormant-neuron and topology rows to `<run>/analysis.csv`.
 
     The env loop calls `before_update(state, batch)` and `after_update(state, batch, env_step)`
-    around each `agent.update` call (which may run several gradient steps; the recorder learns how
-    many from the sparsify step counter once).
+    around each `agent.update` call (which may run several gradient steps: `hook.steps_per_update`,
+    else the recorder learns how many from the sparsify step counter once). `batch` may be a
+    zero-argument callable returning the batch, called only when a row is computed.
 
-    - Every `every` gradient steps, a row with event "periodic": `gradient_flow_stats` of each
-      network at the new state on that batch (`gf/...`), the tau-dormant neuron ratios (`dormant/...`)
-      when the hook has a forward function, and on every `snr_every`-th such row the gradient SNR
-      over the batch's items (`snr/...`, at most `snr_max_batch` items).
-    - Around every mask update of a network whose method changes masks (prune / SET / RigL), a row
-      with event "topology" (`topo/...`): `topology_update_effect` (old state's dense gradient under
-      the old and the new masks, churn, sparsity, weight norms), the masked gradient norm at the new
-      params, and the fraction of positions that were ever active.
+    - Every `every` gradient steps (when an update call crosses a multiple of `every`), a row with
+      event "periodic": `gradient_flow_stats` of each network at the new state on that batch
+      (`gf/...`), the tau-dormant neuron ratios (`dormant/...`) when the hook has a forward
+      function, and on every `snr_every`-th such row the gradient SNR over the batch's items
+      (`snr/...`, at most `snr_max_batch` items, per-sample gradients `snr_chunk` at a time;
+      `snr_chunk` 0: all at once).
+    - Around every update call in which the masks of a network whose method changes masks (prune /
+      SET / RigL) change, a row with event "topology" (`topo/...`): `topology_update_effect` (old
+      state's dense gradient under the old and the new masks, churn, sparsity, weight norms), the
+      masked gradient norm at the new params, and the fraction of positions that were ever active.
+      Its grad_step is the step count at which the (first) mask update of the call ran; an update
+      call of several gradient steps (PPO) is compared as a whole, from before to after the call.
 
     Initial params go to `<run>/init_params.npz` (read back on resume) for the distance from
     initialisation. Time spent here is kept in `seconds` (compilation in `compile_seconds`) and
@@ -364,7 +427,7 @@ class GradientFlowRecorder:
 
     def __init__(self, hook: AnalysisHook, networks: Callable, state, run_path, *,
                  every: int = 1000, snr_every: int = 10, resume_step: int | None = None,
-                 snr_max_batch: int = 256, tau=(0.025, 0.0), ctx=None):
+                 snr_max_batch: int = 256, snr_chunk: int = 32, tau=(0.025, 0.0), ctx=None):
         from sparse_rl.sparsity import get_sparse_state
 
         started = time.perf_counter()
@@ -374,6 +437,7 @@ class GradientFlowRecorder:
         self.every = int(every)
         self.snr_every = int(snr_every)
         self.snr_max_batch = int(snr_max_batch)
+        self.snr_chunk = int(snr_chunk)
         self.taus = tuple(float(t) for t in tau)
         self.path = Path(run_path)
         self.seconds = 0.0
@@ -383,7 +447,9 @@ class GradientFlowRecorder:
         self.compile_by: dict[str, float] = {}
         self.seconds_by: dict[str, float] = {}
         self._pending = None
-        self._per_call: int | None = None
+        self._pending_step = 0
+        self._per_call: int | None = (int(hook.steps_per_update)
+                                      if getattr(hook, "steps_per_update", None) else None)
         self.writer = None
         self.sparsity = {k: v for k, v in (hook.sparsity or {}).items()
                          if getattr(v, "method", "dense") in ("prune", "set", "rigl")}
@@ -453,7 +519,7 @@ class GradientFlowRecorder:
     def _build(self):
         from sparse_rl.analysis import topology
 
-        hook, taus, networks = self.hook, self.taus, self.networks
+        hook, taus, networks, chunk = self.hook, self.taus, self.networks, self.snr_chunk
         fwd = dict(hook.forward or {})
         activation = hook.activation
 
@@ -469,13 +535,16 @@ class GradientFlowRecorder:
 
         def snr(state, batch):
             """Per-parameter SNR values and masks (summarised on the host)."""
-            def one(item):
-                single = jax.tree_util.tree_map(lambda x: x[None], item)
+            def grad_fn(single):
                 return {name: g for name, (g, _, _) in hook.grads(state, single).items()}
 
-            per = jax.vmap(one)(batch)
+            if chunk > 0:
+                values = chunked_snr_values(grad_fn, batch, chunk)
+            else:
+                values = snr_values(jax.vmap(
+                    lambda item: grad_fn(jax.tree_util.tree_map(lambda x: x[None], item)))(batch))
             masks = {name: m for name, (_, m) in networks(state).items()}
-            return {name: (snr_values(g), masks.get(name)) for name, g in per.items()}
+            return {name: (v, masks.get(name)) for name, v in values.items()}
 
         self._fns = {"grads": grads, "snr": snr}
         self._grads = jax.jit(grads)
@@ -555,6 +624,20 @@ class GradientFlowRecorder:
         self.writer = MetricsWriter(file, cols, fsync=False)
         self._fields = set(cols)
 
+    def _resolve(self, batch):
+        """The batch itself, or what a zero-argument callable batch returns (timed as "batch")."""
+        if not callable(batch):
+            return batch
+        start = time.perf_counter()
+        out = jax.block_until_ready(batch())
+        spent = time.perf_counter() - start
+        if "batch" in self._compiled:
+            self._spend(spent, "batch")
+        else:  # the first call compiles
+            self._compiled.add("batch")
+            self._add_compile(spent, "batch")
+        return out
+
     def _call(self, name, fn, *args):
         start = time.perf_counter()
         out = jax.device_get(fn(*args))
@@ -582,20 +665,24 @@ class GradientFlowRecorder:
         self._spend(time.perf_counter() - start, "write")
 
     # --- loop interface -------------------------------------------------------------------------
-    def _topology_in_call(self) -> bool:
-        """Whether a mask update happens in the next update call (gradient steps
-        grad_step .. grad_step + per_call - 1)."""
+    def _topology_in_call(self) -> int | None:
+        """The step count of the first mask update in the next update call (gradient steps
+        grad_step .. grad_step + per_call - 1), None if there is none."""
         k = self._per_call or 1
         i = np.searchsorted(self._updates, self.grad_step)
-        return i < len(self._updates) and self._updates[i] < self.grad_step + k
+        if i < len(self._updates) and self._updates[i] < self.grad_step + k:
+            return int(self._updates[i])
+        return None
 
     def before_update(self, state, batch) -> None:
-        """Call just before `agent.update(state, batch, ...)` (which may donate `state`)."""
+        """Call just before `agent.update(state, batch, ...)` (which may donate `state`). A callable
+        `batch` is called (if at all) before this returns, so it may read `state`."""
         if self.error is None:
             self._guard(self._before_update, state, batch)
 
     def after_update(self, state, batch, env_step: int) -> None:
-        """Call just after `agent.update`, with the new state and the env steps done so far."""
+        """Call just after `agent.update`, with the new state, its batch (or a zero-argument
+        callable returning it) and the env steps done so far."""
         if self.error is None:
             self._guard(self._after_update, state, batch, env_step)
 
@@ -619,12 +706,15 @@ class GradientFlowRecorder:
 
     def _before_update(self, state, batch) -> None:
         self._pending = None
-        if self.sparsity and self._topology_in_call():
+        update_step = self._topology_in_call() if self.sparsity else None
+        if update_step is not None:
             jax.block_until_ready(state)
+            batch = self._resolve(batch)
             g, _ = self._call("grads", self._grads, state, batch)
             # real host copies: the update donates `state`, whose buffers params / masks may share
             self._pending = self._host(lambda: {name: _host_copy(g[name]) for name in self.sparsity
                                                 if name in g})
+            self._pending_step = update_step
 
     def _after_update(self, state, batch, env_step: int) -> None:
         from sparse_rl.sparsity import get_sparse_state
@@ -644,11 +734,12 @@ class GradientFlowRecorder:
             # The update runs asynchronously; its own time (a mask update can be slow) is training
             # time, not analysis time: wait for it before the clock starts.
             jax.block_until_ready(state)
+            batch = self._resolve(batch)
 
         if self._pending is not None:
             pre, self._pending = self._pending, None
             g, dormant = self._call("grads", self._grads, state, batch)
-            row = {"step": env_step, "grad_step": previous, "event": "topology"}
+            row = {"step": env_step, "grad_step": self._pending_step, "event": "topology"}
             for name, before in pre.items():
                 stats = self._host(self._effect, before, g[name])
                 start = time.perf_counter()
@@ -674,7 +765,9 @@ class GradientFlowRecorder:
             row = {"step": env_step, "grad_step": self.grad_step, "event": "periodic"}
             for prefix, s in self._periodic_stats(g, dormant).items():
                 row.update(flatten_stats(prefix, s))
-            if self.snr_every > 0 and (index - 1) % self.snr_every == 0:
+            # SNR on periodic rows 1, 1 + snr_every, ... (or the row whose call crossed one)
+            before = previous // self.every
+            if self.snr_every > 0 and (index - 1) // self.snr_every != (before - 1) // self.snr_every:
                 small = jax.tree_util.tree_map(lambda x: x[: self.snr_max_batch], batch)
                 for name, (values, masks) in self._call("snr", self._snr, state, small).items():
                     row.update(flatten_stats(f"snr/{name}", self._host(summarize_snr, values, masks)))

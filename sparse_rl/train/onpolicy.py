@@ -24,6 +24,11 @@ return accumulators are loop state. Everything that decides the trajectory is in
 (agent state with its observation statistics, loop keys are derived from the seed and counters,
 the vector env's own state and current observations, reward statistics, episode counters), so a
 resumed run continues exactly where the interrupted one was.
+
+Training-time analysis (`RunConfig.analysis_every`, agents with an `analysis` hook): the recorder
+is called around each update with a closure that builds the agent's `analysis_batch` from the
+rollout, evaluated only on the iterations that record something (before the update with the old
+state, after it with the new one, whose observation statistics have absorbed the rollout).
 """
 
 import time
@@ -35,6 +40,7 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.agents import normalize as running
 from sparse_rl.agents.ppo import Rollout
+from sparse_rl.analysis.gradient_flow import make_recorder
 from sparse_rl.train.runner import RunContext, join_state, split_state, timed_compile
 
 
@@ -106,6 +112,18 @@ def run(ctx: RunContext) -> dict:
         start_step if restored is not None else None,
     )
 
+    # Training-time analysis (gradient flow, SNR, dormant neurons, topology) -> analysis.csv.
+    recorder = make_recorder(agent, state, ctx.rundir.path, every=getattr(run_cfg, "analysis_every", 0),
+                             snr_every=getattr(run_cfg, "analysis_snr_every", 10),
+                             resume_step=start_step if restored is not None else None, ctx=ctx)
+    analysis_batch = getattr(agent, "analysis_batch", None)
+
+    def lazy_batch(state, rollout):
+        """The recorder's batch, built only if it asks (closes over this state, not a later one)."""
+        if analysis_batch is None:
+            return rollout
+        return lambda: analysis_batch(state, rollout)
+
     def save(step, iteration):
         env_arrays, env_values = split_state(env.get_state(), "env/")
         counters = {"step": step, "iteration": iteration, "last_metrics": last_metrics, "env": env_values}
@@ -173,12 +191,16 @@ def run(ctx: RunContext) -> dict:
                           buf_truncated, buf_final_value, last_value)
         rollout = jax.tree_util.tree_map(jnp.asarray, rollout)
         key = jax.random.fold_in(update_key, iteration)
+        if recorder is not None:  # before the update, which donates `state`
+            recorder.before_update(state, lazy_batch(state, rollout))
         if not compiled_update:
             state, metrics = timed_compile(ctx, agent.update, state, rollout, key)
             compiled_update = True
         else:
             state, metrics = agent.update(state, rollout, key)
         last_metrics = metrics
+        if recorder is not None:
+            recorder.after_update(state, lazy_batch(state, rollout), step + batch)
 
         before, step = step, step + batch
         last = iteration == iterations - 1
@@ -208,6 +230,8 @@ def run(ctx: RunContext) -> dict:
     elapsed = (time.perf_counter() - loop_start - (ctx.eval_seconds - eval_before)
                - (ctx.compile_seconds - compile_before))
     mean_sps = (step - start_step) / max(elapsed, 1e-9)
+    if recorder is not None:
+        recorder.close(loop_seconds=elapsed)
     env.close()
     return ctx.write_summary(state, mean_sps, {"env_steps": step, "iterations": iterations,
                                                "gradient_steps": int(state.gradient_steps)})

@@ -24,6 +24,7 @@ from sparse_rl.train import checkpoint as ckpt
 from sparse_rl.train.metrics import MetricsWriter, TensorBoardWriter
 from sparse_rl.train.progress import Progress
 from sparse_rl.train.faults import first_nonfinite, kill_point
+from sparse_rl.train.memory import release_freed_memory
 from sparse_rl.train.rundir import RunDir, write_json_atomic
 from sparse_rl.train.serialize import config_hash, to_jsonable
 
@@ -72,7 +73,9 @@ class RunConfig:
     progress: bool | None = None
     """Show a live progress line (default: only when stderr is a terminal)."""
     analysis_every: int = 1000
-    """Write gradient-flow, dormant-neuron and topology statistics to <out>/analysis.csv every this many gradient steps (gradient SNR on every 10th such row; see sparse_rl.analysis); 0 disables."""
+    """Write gradient-flow, dormant-neuron and topology statistics to <out>/analysis.csv every this many gradient steps (gradient SNR on every analysis_snr_every-th such row; see sparse_rl.analysis); 0 disables."""
+    analysis_snr_every: int = 10
+    """Compute the gradient SNR on every this many analysis rows; 0 disables."""
 
     def __post_init__(self):
         check_fields(self)  # issue 7: wrong types (a string, a bool, NaN) -> ConfigError naming the field
@@ -88,6 +91,7 @@ class RunConfig:
         check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         check(self.analysis_every >= 0, "analysis_every", f"must be >= 0, got {self.analysis_every}")
+        check(self.analysis_snr_every >= 0, "analysis_snr_every", f"must be >= 0, got {self.analysis_snr_every}")
 
 
 def default_out(run: RunConfig, agent_config) -> str:
@@ -343,6 +347,7 @@ def timed_compile(ctx: RunContext, fn: Callable, *args, **kwargs):
     start = time.perf_counter()
     out = fn(*args, **kwargs)
     jax.block_until_ready(out)
+    release_freed_memory()  # the compiler's working memory, so that compilations do not stack up
     ctx.compile_seconds += time.perf_counter() - start
     return out
 
