@@ -58,3 +58,39 @@ def test_static_has_no_mask_update_calendar():
     run, config = build_train_args(["--method", "static", "--sparsity", "0.9", "--steps", "2000"])
     agent = dqn.make(config, envs.env_spec("CartPole-v1"), run.steps)
     assert len(agent.mask_update_steps) == 0
+
+
+def test_ppo_calendar_switch_equals_always_branching():
+    from sparse_rl.agents import ppo
+    from sparse_rl.train.onpolicy import example_rollout
+
+    run, config = build_train_args([
+        "--agent", "ppo", "--env", "CartPole-v1", "--method", "rigl", "--sparsity", "0.8", "--update-every", "20",
+        "--steps", "1024", "--ppo.actor-widths", "16", "16", "--ppo.value-widths", "16", "16",
+        "--ppo.rollout-length", "64", "--ppo.num-envs", "2", "--ppo.minibatch-size", "32", "--ppo.epochs", "2"])
+    agent = ppo.make(config, envs.env_spec("CartPole-v1"), run.steps)
+    per_call = config.epochs * config.num_minibatches
+    assert len(agent.mask_update_steps) > 0
+    rng = np.random.default_rng(0)
+
+    def fill(x):
+        if x.dtype == np.bool_:
+            return rng.random(x.shape) < 0.05
+        if np.issubdtype(x.dtype, np.integer):
+            return rng.integers(0, 2, x.shape).astype(x.dtype)
+        return rng.standard_normal(x.shape).astype(x.dtype)
+
+    shapes = example_rollout(config, agent.info)
+    a = agent.init(jax.random.PRNGKey(0))
+    b = jax.tree.map(lambda x: x.copy(), a)
+    used = set()
+    for i in range(6):
+        rollout = jax.tree.map(fill, shapes)
+        key = jax.random.PRNGKey(i)
+        a, _ = agent.update(a, rollout, key)
+        due = mask_update_due(agent.mask_update_steps, i * per_call, per_call)
+        used.add(due)
+        b, _ = agent.update(b, rollout, key, topology=due)
+    assert used == {True, False}
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -38,7 +38,7 @@ from sparse_rl.agents import common
 from sparse_rl.agents import normalize as running
 from sparse_rl.analysis.gradient_flow import AnalysisHook
 from sparse_rl.errors import ConfigError, check, check_choice, check_fields
-from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, sparse_init, sparsify
+from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, mask_update_steps, sparse_init, sparsify
 
 LOOP = "onpolicy"
 
@@ -301,6 +301,9 @@ class PPOAgent(NamedTuple):
     analysis_batch: Callable | None = None
     # sparse_rl.analysis hook: gradient flow, SNR, dormant neurons and topology of both networks.
     analysis: Any = None
+    # Values of `state.gradient_steps` at which a mask may change (see `sparse_rl.agents.base.Agent`);
+    # `update(..., topology=False)` is valid for an update none of whose minibatch steps is one.
+    mask_update_steps: Any = None
 
 
 def acting_view(state: PPOState) -> PPOState:
@@ -556,16 +559,16 @@ def make(config: Config, env_spec, total_steps: int) -> PPOAgent:
         flat, _ = flatten(rollout)
         return loss_fn(state.actor_params, state.value_params, state.obs_norm, flat)[1]
 
-    def update(state, rollout, key):
+    def update(state, rollout, key, topology=True):
         flat, advantages = flatten(rollout)
 
         def sgd_step(carry, idx):
             actor_params, value_params, actor_opt, value_opt = carry
             mb = jax.tree_util.tree_map(lambda x: x[idx], flat)
             (actor_grads, value_grads), metrics = grad_fn(actor_params, value_params, state.obs_norm, mb)
-            updates, actor_opt = actor_tx.update(actor_grads, actor_opt, actor_params)
+            updates, actor_opt = actor_tx.update(actor_grads, actor_opt, actor_params, topology=topology)
             actor_params = optax.apply_updates(actor_params, updates)
-            updates, value_opt = value_tx.update(value_grads, value_opt, value_params)
+            updates, value_opt = value_tx.update(value_grads, value_opt, value_params, topology=topology)
             value_params = optax.apply_updates(value_params, updates)
             metrics["actor_grad_norm"] = optax.global_norm(actor_grads)
             metrics["value_grad_norm"] = optax.global_norm(value_grads)
@@ -654,7 +657,7 @@ def make(config: Config, env_spec, total_steps: int) -> PPOAgent:
     return PPOAgent(
         init=jax.jit(init),
         act=jax.jit(act, static_argnames="evaluation"),
-        update=jax.jit(update, donate_argnums=0),
+        update=jax.jit(update, donate_argnums=0, static_argnames="topology"),
         networks=networks,
         act_with_info=jax.jit(act_with_info),
         value=jax.jit(value),
@@ -662,4 +665,5 @@ def make(config: Config, env_spec, total_steps: int) -> PPOAgent:
         info=info,
         analysis_batch=jax.jit(analysis_batch),
         analysis=analysis,
+        mask_update_steps=np.union1d(mask_update_steps(sparsity["actor"]), mask_update_steps(sparsity["value"])),
     )
