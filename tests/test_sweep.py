@@ -157,7 +157,7 @@ def test_vectorized_seeds_equal_separate_runs_and_dense_matched(base_sweep, tmp_
     assert len(tasks) == 1 and len(tasks[0]["cells"]) == 4  # one process for the four runs
     # dense-matched levels have different widths: one process per level, seeds vmapped
     matched = ["--methods", "dense-matched", "--sparsities", "0.9", "--vectorize-seeds"]
-    assert _sweep(*argv, "--workers", "1") == 0 and _sweep(*argv, *matched) == 0
+    assert _sweep(*argv, "--workers", "1") == 0 and _sweep(*argv, *matched, "--workers", "1") == 0
     for seed, level in ((0, 0.5), (1, 0.5), (0, 0.9), (1, 0.9)):
         cid = f"dqn/CartPole-v1/rigl-{level}/seed{seed}"
         _same_metrics(out / cid, base / cid)

@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="CPUs per run: its compute threads (local and Ray) and its Ray resource request; default 1")
     p.add_argument("--retry-failed", action="store_true", default=None, help="re-run failed cells (resuming from their last checkpoint)")
     p.add_argument("--vectorize-seeds", action="store_true", default=None,
-                   help="train the seeds of a cell in one process, vmapped (off-policy agents: DQN, SAC)")
+                   help="train the seeds of a cell in one process, vmapped (DQN, SAC, PPO); with fewer such groups "
+                        "than workers, a group is split into one process per worker")
     p.add_argument("--vectorize-sparsities", action="store_true", default=None,
                    help="also train the sparsity levels of a method together (implies --vectorize-seeds)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the cells and their status, run nothing")
@@ -157,9 +158,11 @@ def classify(cells: list[G.Cell], retry_failed: bool) -> dict[str, str]:
 
 
 def make_tasks(cells: list[G.Cell], states: dict[str, str], vectorize: bool,
-               levels: bool = False) -> list[dict]:
+               levels: bool = False, workers: int = 1) -> list[dict]:
     """Worker tasks for the cells to run: one cell each, or with `vectorize` the fresh cells of a
-    cell group (its seeds; with `levels` also the sparsity levels of a sparse method) together."""
+    cell group (its seeds; with `levels` also the sparsity levels of a sparse method) together.
+    With fewer vectorized tasks than `workers`, groups are split into consecutive sub-groups
+    (e.g. 8 seeds, 2 workers: 2 processes of 4 seeds), so that every worker has one."""
     def spec(c: G.Cell) -> dict:
         return {"id": c.id, "path": c.path, "argv": c.argv, "resume": states[c.id] == "resume",
                 "dense_matched": c.dense_matched, "steps": c.steps}
@@ -179,9 +182,24 @@ def make_tasks(cells: list[G.Cell], states: dict[str, str], vectorize: bool,
             groups.setdefault(key, []).append(c)
         else:
             tasks.append({"cells": [spec(c)], "vectorized": False})
-    for group in groups.values():
-        tasks.append({"cells": [spec(c) for c in group], "vectorized": len(group) > 1})
+    parts = split_groups([len(g) for g in groups.values()], workers)
+    for group, n in zip(groups.values(), parts):
+        for i in range(n):
+            sub = group[i * len(group) // n:(i + 1) * len(group) // n]
+            tasks.append({"cells": [spec(c) for c in sub], "vectorized": len(sub) > 1})
     return tasks
+
+
+def split_groups(sizes: list[int], workers: int) -> list[int]:
+    """Into how many sub-groups each vectorized group of `sizes` runs is split: while there are
+    fewer sub-groups than `workers`, the group with the largest sub-groups gets one more."""
+    parts = [1] * len(sizes)
+    while sizes and sum(parts) < workers:
+        i = max(range(len(sizes)), key=lambda k: sizes[k] / parts[k])
+        if sizes[i] <= parts[i]:
+            break
+        parts[i] += 1
+    return parts
 
 
 def fix_dense_matched(cells: list[G.Cell], states: dict[str, str]) -> None:
@@ -290,7 +308,7 @@ def run_sweep(grid: G.Grid, options: dict, argv: list[str] | None = None) -> int
     out.mkdir(parents=True, exist_ok=True)
     with _SweepLock(out):
         tasks = make_tasks(cells, states, options["vectorize_seeds"] or options["vectorize_sparsities"],
-                           levels=options["vectorize_sparsities"])
+                           levels=options["vectorize_sparsities"], workers=options["workers"])
         statuses = {cid: ("complete" if s == "complete" else "failed" if s == "failed" else
                           "busy" if s == "busy" else "pending") for cid, s in states.items()}
         write_sweep_json(out, grid, options, argv, cells, statuses)
