@@ -41,17 +41,20 @@ def sweep_rows() -> list[str]:
         return []
     data = json.loads(path.read_text())
     lines = [
-        "| sweep benchmark | separate SPS | vectorised SPS | throughput ratio | memory ratio | compile ratio |",
-        "|---|---|---|---|---|---|",
+        "| sweep benchmark | mode | processes | SPS (end to end) | steady SPS | throughput vs separate | memory vs separate | compile vs separate |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for entry in data.get("configs", []):
         c, r, q = entry["config"], entry["results"], entry["ratios"]
         label = f"{c['agent']} {c['env']} {c['method']}-{c['sparsity']} x{c['seeds']} seeds, {c['widths']}, {c['steps']} steps"
-        lines.append(
-            f"| {label} | {_fmt(r['separate']['sps'])} | {_fmt(r['vectorized']['sps'])} "
-            f"| {q['throughput_vectorized_vs_separate']:.2f} | {q['memory_vectorized_vs_separate']:.2f} "
-            f"| {q['compile_vectorized_vs_separate']:.2f} |"
-        )
+        for mode, m in r.items():
+            if mode == "separate":
+                ratios = "| 1.00 | 1.00 | 1.00 |"
+            else:
+                ratios = (f"| {q[f'throughput_{mode}_vs_separate']:.2f} | {q[f'memory_{mode}_vs_separate']:.2f} "
+                          f"| {q[f'compile_{mode}_vs_separate']:.2f} |")
+            lines.append(f"| {label} | {mode} | {m.get('processes', '')} | {_fmt(m['sps'])} | "
+                         f"{_fmt(m.get('steady_sps'))} " + ratios)
     return lines
 
 
