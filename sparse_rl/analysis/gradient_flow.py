@@ -347,9 +347,7 @@ def update_steps(config) -> np.ndarray:
     array). Methods that change masks stop at `end_step`."""
     from sparse_rl.sparsity import mask_update_steps
 
-    if getattr(config, "method", "dense") not in ("prune", "set", "rigl"):
-        return np.zeros((0,), np.int64)
-    return np.asarray(mask_update_steps(config), np.int64)
+    return mask_update_steps(config)
 
 
 # --- init params on disk --------------------------------------------------------------------------
@@ -668,11 +666,24 @@ class GradientFlowRecorder:
     def _topology_in_call(self) -> int | None:
         """The step count of the first mask update in the next update call (gradient steps
         grad_step .. grad_step + per_call - 1), None if there is none."""
-        k = self._per_call or 1
-        i = np.searchsorted(self._updates, self.grad_step)
-        if i < len(self._updates) and self._updates[i] < self.grad_step + k:
-            return int(self._updates[i])
-        return None
+        from sparse_rl.sparsity import next_mask_update
+
+        return next_mask_update(self._updates, self.grad_step, self._per_call or 1)
+
+    def _periodic_in(self, first: int, last: int) -> bool:
+        """Whether the gradient steps first .. last cross a multiple of `every`."""
+        return self.every > 0 and first // self.every != last // self.every
+
+    def reads_state_next_call(self) -> bool:
+        """Whether `before_update` / `after_update` of the next update call will read the state and
+        batch (a topology or periodic row, or the first call, which counts its gradient steps).
+        A loop may pass None for both on calls where this is False (e.g. not slicing a run's state
+        out of a vectorised one)."""
+        if self._per_call is None:
+            return True
+        due = bool(self.sparsity) and self._topology_in_call() is not None
+        return bool(due or self._pending is not None
+                    or self._periodic_in(self.grad_step, self.grad_step + self._per_call))
 
     def before_update(self, state, batch) -> None:
         """Call just before `agent.update(state, batch, ...)` (which may donate `state`). A callable
@@ -728,7 +739,7 @@ class GradientFlowRecorder:
                 self._per_call = 1
             self._spend(time.perf_counter() - start, "setup")
         self.grad_step = previous + self._per_call
-        periodic = self.every > 0 and previous // self.every != self.grad_step // self.every
+        periodic = self._periodic_in(previous, self.grad_step)
         g = None
         if periodic or self._pending is not None:
             # The update runs asynchronously; its own time (a mask update can be slow) is training

@@ -59,8 +59,14 @@ def mask_update_steps(config: SparsityConfig) -> np.ndarray:
     return np.zeros((0,), np.int64)
 
 
-def mask_update_due(steps: np.ndarray, first: int, count: int = 1) -> bool:
-    """Whether any of the sorted `steps` lies in [first, first + count): an update call that runs
-    `count` gradient steps from step count `first` may change masks."""
+def next_mask_update(steps: np.ndarray, first: int, count: int = 1) -> int | None:
+    """The first of the sorted `steps` in [first, first + count) (None if none): the step count of
+    the first mask update in an update call that runs `count` gradient steps from `first`."""
     i = int(np.searchsorted(steps, first))
-    return i < len(steps) and int(steps[i]) < first + count
+    return int(steps[i]) if i < len(steps) and int(steps[i]) < first + count else None
+
+
+def mask_update_due(steps: np.ndarray, first: int, count: int = 1) -> bool:
+    """Whether an update call that runs `count` gradient steps from step count `first` may change
+    masks (any of the sorted `steps` in [first, first + count))."""
+    return next_mask_update(steps, first, count) is not None

@@ -133,20 +133,6 @@ def _shared_axes(states):
     return jax.tree_util.tree_map(axis, jax.device_get(states))
 
 
-def _recorder_due(rec) -> bool:
-    """Whether a gradient-flow recorder will read the state at its next update call (so the run's
-    own slice of the stacked state must be passed). Unknown recorder internals: always."""
-    try:
-        if rec._per_call is None:
-            return True
-        k = rec._per_call
-        topology = bool(rec.sparsity) and rec._topology_in_call()
-        periodic = rec.every > 0 and rec.grad_step // rec.every != (rec.grad_step + k) // rec.every
-        return bool(topology or periodic or rec._pending is not None)
-    except AttributeError:
-        return True
-
-
 def default_threads() -> int:
     """Host threads that dispatch chunk updates: the compute threads this process was given
     (`OMP_NUM_THREADS`, which the sweep sets from --cpus-per-run), else 1."""
@@ -595,7 +581,7 @@ def _run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | Non
                     and len(replays[0]) >= config.batch_size):
                 samples = [r.sample(sample_size, n_step=n_step, gamma=gamma) for r in replays]
                 batch = Transition(*(np.stack(field) for field in zip(*samples)))
-                due = [rec is not None and _recorder_due(rec) for rec in recorders]
+                due = [rec is not None and rec.reads_state_next_call() for rec in recorders]
                 for i, rec in enumerate(recorders):
                     if due[i]:
                         rec.before_update(chunks.take(i), samples[i])
