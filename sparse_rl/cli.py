@@ -94,8 +94,22 @@ def _pre_parse(argv):
     return known
 
 
+@dataclasses.dataclass(frozen=True)
+class ProcessOptions:
+    """Settings of the training process that are not part of the run (not in config.json)."""
+
+    compile_cache: str | None = None
+    """Directory of the persistent XLA compilation cache, or `off` (default: $SPARSE_RL_COMPILE_CACHE, else ~/.cache/sparse_rl/xla). Later runs with the same programs load them instead of compiling; results are the same."""
+
+
 def build_train_args(argv):
     """(RunConfig, agent config) from command-line arguments."""
+    run, config, _ = parse_train_args(argv)
+    return run, config
+
+
+def parse_train_args(argv):
+    """(RunConfig, agent config, ProcessOptions) from command-line arguments."""
     from sparse_rl import envs
     from sparse_rl.train.runner import AGENT_MODULES, RunConfig, agent_module
 
@@ -112,11 +126,13 @@ def build_train_args(argv):
         run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes]
         shortcuts: Annotated[Shortcuts, tyro.conf.OmitArgPrefixes]
         config: Annotated[module.Config, tyro.conf.arg(name=pre.agent)]
+        process: Annotated[ProcessOptions, tyro.conf.OmitArgPrefixes]
 
     default = TrainArgs(
         run=RunConfig(agent=pre.agent, env=pre.env),
         shortcuts=Shortcuts(preset=preset),
         config=module.PRESETS[preset],
+        process=ProcessOptions(),
     )
     with through_parser():
         args = tyro.cli(
@@ -124,14 +140,16 @@ def build_train_args(argv):
             description="Train one sparse agent and write its run directory (config.json, metrics.csv, summary.json, checkpoints).",
         )
     config = apply_shortcuts(module, pre.agent, preset, args.config, args.shortcuts)
-    return args.run, config
+    return args.run, config, args.process
 
 
 def train_main(argv=None) -> int:
+    from sparse_rl.train.compile_cache import enable_compile_cache
     from sparse_rl.train.runner import train
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    run, config = build_train_args(argv)
+    run, config, process = parse_train_args(argv)
+    enable_compile_cache(process.compile_cache)
     summary = train(run, config)
     final = summary.get("final_eval_return")
     print(

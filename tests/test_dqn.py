@@ -1,6 +1,7 @@
 """DQN through the runner: smoke runs of every method, determinism, resume, measured sparsity."""
 
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -101,6 +102,42 @@ def test_resume_equals_uninterrupted(tmp_path):
     s_part = json.loads((part / "summary.json").read_text())
     assert s_full["final_eval_return"] == s_part["final_eval_return"]
     assert s_full["nonzero_params"] == s_part["nonzero_params"]
+
+
+def test_resume_may_change_recording_only_settings(tmp_path):
+    """A run written before a recording-only field existed (here: config.json without
+    analysis_snr_every), or resumed with other analysis intervals, resumes; training settings
+    still must match."""
+    args = ("--checkpoint-every", "200")
+    _, part = run_cli(tmp_path, *args, name="part", steps=400)
+    (part / "COMPLETE").unlink()
+    for f in (part / "checkpoints").glob("ckpt_000000000400*"):
+        f.unlink()
+    config_path = part / "config.json"
+    written = json.loads(config_path.read_text())
+    del written["run"]["analysis_snr_every"]
+    config_path.write_text(json.dumps(written))
+    # ... and its checkpoint carries the hash that version gave those settings (all of them).
+    from sparse_rl.train.serialize import config_hash
+    manifest_path = part / "checkpoints" / "ckpt_000000000200.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["user"]["config_hash"] = config_hash({"run": written["run"], "agent": written["agent"]})
+    raw = (json.dumps(manifest, indent=1) + "\n").encode()
+    manifest_path.write_bytes(raw)
+    done_path = manifest_path.with_suffix(".done")
+    done_path.write_text(json.dumps(json.loads(done_path.read_text()) | {"manifest_sha256": hashlib.sha256(raw).hexdigest()}))
+
+    def resume(*extra):
+        return train(*build_train_args(["--steps", "400", "--eval-every", "200", "--out", str(part), *FAST,
+                                        *args, "--resume", *extra]))
+
+    from sparse_rl.errors import ConfigError
+    with pytest.raises(ConfigError, match="learning_rate"):
+        resume("--dqn.learning-rate", "0.5")
+    resume("--analysis-every", "50", "--analysis-snr-every", "0")
+    assert (part / "COMPLETE").exists()
+    assert max(int(row["step"]) for row in read_rows(part)) == 400
+    assert json.loads(config_path.read_text()) == written  # the first run's settings stay recorded
 
 
 def test_atari_smoke(tmp_path):

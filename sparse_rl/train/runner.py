@@ -30,6 +30,9 @@ from sparse_rl.train.serialize import config_hash, to_jsonable
 
 AGENT_MODULES = {"dqn": "sparse_rl.agents.dqn", "sac": "sparse_rl.agents.sac", "ppo": "sparse_rl.agents.ppo"}
 LOOP_MODULES = {"offpolicy": "sparse_rl.train.offpolicy", "onpolicy": "sparse_rl.train.onpolicy"}
+# Settings that change what is recorded about training but never training itself (the recorder
+# reads the training batch and state and draws no random numbers): a resumed run may change them.
+RECORDING_ONLY = ("run.analysis_every", "run.analysis_snr_every")
 
 BASE_COLUMNS = (
     "step", "wall_time", "train_return", "train_episodes", "eval_return_mean", "eval_return_std",
@@ -229,7 +232,7 @@ class RunContext:
     def save_checkpoint(self, step: int, tree, extra_arrays: dict, counters: dict, state=None):
         manifest = {
             "config": self.config_dict(),
-            "config_hash": config_hash(self.config_dict()),
+            "config_hash": self.config_hash(),
             "counters": to_jsonable(counters),
             "wall_time": self.wall_time(),
             "eval_history": self.eval_history,
@@ -246,7 +249,7 @@ class RunContext:
         if result is None:
             return None
         tree, manifest, extra = result.tree, result.manifest, result.extra
-        if manifest.get("config_hash") != config_hash(self.config_dict()):
+        if manifest.get("config_hash") not in self.accepted_config_hashes():
             raise ConfigError("resume", "the checkpoint in this run directory was written with a different config")
         self.wall_offset = float(manifest.get("wall_time", 0.0))
         self._clock_start = time.perf_counter()
@@ -255,6 +258,29 @@ class RunContext:
 
     def config_dict(self) -> dict:
         return {"run": to_jsonable(self.run_for_hash()), "agent": to_jsonable(self.agent_config)}
+
+    def config_hash(self) -> str:
+        """Hash of the settings a checkpoint depends on (recording-only fields left out)."""
+        training = self.config_dict()
+        training["run"] = {k: v for k, v in training["run"].items() if f"run.{k}" not in RECORDING_ONLY}
+        return config_hash(training)
+
+    def accepted_config_hashes(self) -> set[str]:
+        """Hashes a checkpoint of this run may carry: this version's, and the hash an earlier
+        version gave the settings in this directory's config.json, which `write_config` has
+        already checked against the current ones (so an older run stays resumable)."""
+        accepted = {self.config_hash()}
+        written = self.rundir.read_config()
+        if written and "run" in written and "agent" in written:
+            accepted.add(config_hash({"run": written["run"], "agent": written["agent"]}))
+        return accepted
+
+    def write_config(self, out) -> None:
+        """Write config.json, or on resume check that the settings are those of the run resumed.
+        Fields that only decide what is recorded about training (RECORDING_ONLY) may differ: the
+        resumed part then follows the new values while config.json keeps the first ones."""
+        self.rundir.write_config(self.config_dict() | {"out": str(out), "library_version": sparse_rl.__version__},
+                                 ignore=("library_version", "out", *RECORDING_ONLY))
 
     def run_for_hash(self):
         # Fields that may differ between an interrupted run and its resumption.
@@ -364,8 +390,7 @@ def train(run: RunConfig, agent_config=None) -> dict:
     ctx = RunContext(run, agent_config, rundir, env_spec, agent, module)
     started = False
     try:
-        rundir.write_config(ctx.config_dict() | {"out": str(out), "library_version": sparse_rl.__version__},
-                            ignore=("library_version", "out"))
+        ctx.write_config(out)
         # Issue 7: a resume refused for other settings is a usage error; it must not mark the run
         # FAILED (a killed, resumable run would then look failed to a sweep).
         started = True

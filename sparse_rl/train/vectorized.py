@@ -46,7 +46,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import sparse_rl
 from sparse_rl import envs
 from sparse_rl.errors import ConfigError
 from sparse_rl.replay import ReplayBuffer, Transition
@@ -414,8 +413,7 @@ def open_group(runs: list[RunConfig], agent_configs, summary_extra, module, body
             rundirs.append(rundir)
             ctx = RunContext(run, config, rundir, env_spec, agent, module)
             ctxs.append(ctx)
-            rundir.write_config(ctx.config_dict() | {"out": str(run.out), "library_version": sparse_rl.__version__},
-                                ignore=("library_version", "out"))
+            ctx.write_config(run.out)
         summaries = body(ctxs, agents, extras)
         for rundir in rundirs:
             rundir.mark_complete()
