@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import add_ratios, benchmark_parser, machine, peak_rss_mib, run_worker, write_results  # noqa: E402
+from common import benchmark_parser, machine, measure_rows, peak_rss_mib, write_results  # noqa: E402
 
 METHODS = ("dense", "static", "prune", "set", "rigl")
 
@@ -89,16 +89,7 @@ def main():
 
     script = str(Path(__file__).resolve())
     common = [script, "--env", args.env, "--steps", str(args.steps), "--sparsity", str(args.sparsity)]
-    rows = []
-    for method in args.methods.split(","):
-        row = run_worker(common + ["--worker", "ours", "--method", method])
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    if not args.no_sbx:
-        row = run_worker(common + ["--worker", "sbx"], python=args.sbx_python)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    add_ratios(rows)
+    rows = measure_rows(common, args, args.methods.split(","))
     name = "dqn_" + args.env.replace("/", "_").replace("-", "_")
     path = write_results(name, {"benchmark": "dqn", "env": args.env, "steps": args.steps,
                                 "machine": machine(), "rows": rows})

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import add_ratios, benchmark_parser, machine, peak_rss_mib, run_worker, write_results  # noqa: E402
+from common import benchmark_parser, machine, measure_rows, peak_rss_mib, write_results  # noqa: E402
 
 METHODS = ("dense", "static", "prune", "set", "rigl")
 LEARNING_STARTS = 1000  # the same short warm-up for both libraries in a short benchmark
@@ -81,14 +81,7 @@ def main():
 
     script = str(Path(__file__).resolve())
     common = [script, "--agent", args.agent, "--env", args.env, "--steps", str(steps), "--sparsity", str(args.sparsity)]
-    rows = []
-    for method in args.methods.split(","):
-        rows.append(run_worker(common + ["--worker", "ours", "--method", method]))
-        print(json.dumps(rows[-1]), flush=True)
-    if not args.no_sbx:
-        rows.append(run_worker(common + ["--worker", "sbx"], python=args.sbx_python))
-        print(json.dumps(rows[-1]), flush=True)
-    add_ratios(rows)
+    rows = measure_rows(common, args, args.methods.split(","))
     name = f"{args.agent}_" + args.env.replace("/", "_").replace("-", "_")
     path = write_results(name, {"benchmark": args.agent, "env": args.env, "steps": steps,
                                 "machine": machine(), "rows": rows})

@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +31,46 @@ def run_worker(argv: list[str], python: str | None = None, env: dict | None = No
     result = json.loads(line)
     result["process_seconds"] = elapsed
     return result
+
+
+# Figures measured again on a warm compilation cache, stored as <field>_warm.
+WARM_FIELDS = ("sps", "steady_sps", "compile_seconds", "peak_rss_mib", "process_seconds")
+
+
+def compile_cache_env(path: str) -> dict:
+    """Environment giving a JAX process (ours or the peer's) a persistent compilation cache at
+    `path` that keeps every program, as `sparse-rl train` does by default."""
+    return {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def run_cold_and_warm(argv: list[str], python: str | None = None, warm: bool = True) -> dict:
+    """Run a worker on a new, empty compilation cache (cold: everything is compiled, as in the
+    first run of a configuration) and, with `warm`, once more on the cache it filled (as in every
+    later run with the same programs: another seed, a resumed run); warm figures get `_warm`."""
+    with tempfile.TemporaryDirectory(prefix="bench-xla-") as cache:
+        env = compile_cache_env(cache)
+        row = run_worker(argv, python, env)
+        if warm and "error" not in row:
+            again = run_worker(argv, python, env)
+            if "error" in again:
+                row["error_warm"] = again["error"]
+            else:
+                row.update({f"{key}_warm": again[key] for key in WARM_FIELDS if key in again})
+    return row
+
+
+def measure_rows(common: list[str], args, methods: list[str]) -> list[dict]:
+    """Our worker for each method, then the peer's (unless --no-sbx), cold and warm; with ratios."""
+    rows = []
+    for method in methods:
+        rows.append(run_cold_and_warm(common + ["--worker", "ours", "--method", method], warm=not args.no_warm))
+        print(json.dumps(rows[-1]), flush=True)
+    if not args.no_sbx:
+        rows.append(run_cold_and_warm(common + ["--worker", "sbx"], python=args.sbx_python, warm=not args.no_warm))
+        print(json.dumps(rows[-1]), flush=True)
+    add_ratios(rows)
+    return rows
 
 
 def peak_rss_mib() -> float:
@@ -64,11 +105,13 @@ def add_ratios(rows: list[dict]) -> None:
     dense = next((r for r in rows if r.get("library") == "sparse_rl" and r.get("method") == "dense"), None)
     peer = next((r for r in rows if r.get("library") == "sbx" and "sps" in r), None)
     for row in rows:
-        if "sps" in row and dense and "sps" in dense:
-            row["vs_dense"] = row["sps"] / dense["sps"]
-        if "sps" in row and peer:
-            row["vs_sbx"] = row["sps"] / peer["sps"]
-            row["memory_vs_sbx"] = row["peak_rss_mib"] / peer["peak_rss_mib"]
+        for suffix in ("", "_warm"):
+            sps, rss = f"sps{suffix}", f"peak_rss_mib{suffix}"
+            if sps in row and dense and sps in dense:
+                row[f"vs_dense{suffix}"] = row[sps] / dense[sps]
+            if sps in row and peer and sps in peer:
+                row[f"vs_sbx{suffix}"] = row[sps] / peer[sps]
+                row[f"memory_vs_sbx{suffix}"] = row[rss] / peer[rss]
 
 
 def benchmark_parser(doc: str, env: str, steps: int | None, methods: tuple[str, ...]):
@@ -82,6 +125,8 @@ def benchmark_parser(doc: str, env: str, steps: int | None, methods: tuple[str, 
     parser.add_argument("--methods", default=",".join(methods))
     parser.add_argument("--sbx-python", default=sys.executable, help="interpreter that has sbx installed")
     parser.add_argument("--no-sbx", action="store_true")
+    parser.add_argument("--no-warm", action="store_true",
+                        help="measure only cold runs (empty compilation cache), not a second, warm run of each")
     parser.add_argument("--worker", choices=("ours", "sbx"), help=argparse.SUPPRESS)
     parser.add_argument("--method", default="dense", help=argparse.SUPPRESS)
     return parser

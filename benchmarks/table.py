@@ -14,9 +14,12 @@ def _fmt(value, spec=".0f"):
 
 
 def speed_rows() -> list[str]:
+    """Cold: first run of a configuration (empty compilation cache). Warm: a later run with the
+    same programs (filled cache), for both libraries."""
     lines = [
-        "| benchmark | library | method | SPS (end to end) | steady SPS | compile s | peak MiB | vs our dense | vs sbx | memory vs sbx |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| benchmark | library | method | SPS cold | SPS warm | steady SPS | compile s cold / warm "
+        "| peak MiB cold / warm | vs our dense (cold) | vs sbx cold / warm | memory vs sbx cold / warm |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
@@ -25,14 +28,19 @@ def speed_rows() -> list[str]:
         name = f"{data['benchmark']} {data['env']} ({data['steps']} steps)"
         for row in data["rows"]:
             if "sps" not in row:
-                lines.append(f"| {name} | {row.get('library', '?')} | {row.get('method', '?')} | failed: {row.get('error', '')} |||||||")
+                lines.append(f"| {name} | {row.get('library', '?')} | {row.get('method', '?')} | failed: {row.get('error', '')} ||||||||")
                 continue
             lines.append(
-                f"| {name} | {row['library']} | {row['method']} | {_fmt(row['sps'])} | {_fmt(row.get('steady_sps'))} "
-                f"| {_fmt(row.get('compile_seconds'), '.1f')} | {_fmt(row['peak_rss_mib'])} "
-                f"| {_fmt(row.get('vs_dense'), '.2f')} | {_fmt(row.get('vs_sbx'), '.2f')} | {_fmt(row.get('memory_vs_sbx'), '.2f')} |"
+                f"| {name} | {row['library']} | {row['method']} | {_fmt(row['sps'])} | {_fmt(row.get('sps_warm'))} "
+                f"| {_fmt(row.get('steady_sps'))} | {_pair(row, 'compile_seconds', '.1f')} | {_pair(row, 'peak_rss_mib')} "
+                f"| {_fmt(row.get('vs_dense'), '.2f')} | {_pair(row, 'vs_sbx', '.2f')} | {_pair(row, 'memory_vs_sbx', '.2f')} |"
             )
     return lines
+
+
+def _pair(row: dict, key: str, spec: str = ".0f") -> str:
+    cold, warm = row.get(key), row.get(f"{key}_warm")
+    return _fmt(cold, spec) if warm is None else f"{_fmt(cold, spec)} / {_fmt(warm, spec)}"
 
 
 def sweep_rows() -> list[str]:
