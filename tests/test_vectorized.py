@@ -1,7 +1,7 @@
 """Vectorised runs (`sparse_rl.train.vectorized`, `vectorized_onpolicy`): several seeds in one
 process give the separate runs' results, whatever the state chunking and dispatch threads; a
 vectorised PPO run's checkpoint resumes alone; how the sweep splits groups among workers.
-Runs are tiny (16-unit networks, a few hundred steps)."""
+Runs are tiny (16-unit networks, a few hundred steps), with training-time analysis on."""
 
 import json
 
@@ -17,7 +17,8 @@ from sparse_rl.train.vectorized import chunk_sizes, supports, train_vectorized
 
 TIMING = ("wall_time", "sps")
 DQN = ["--agent", "dqn", "--env", "CartPole-v1", "--steps", "200", "--eval-every", "100", "--eval-episodes", "2",
-       "--log-every", "50", "--checkpoint-every", "100", "--analysis-every", "0", "--dqn.widths", "16", "16",
+       "--log-every", "50", "--checkpoint-every", "100", "--analysis-every", "20", "--analysis-snr-every", "2",
+       "--dqn.widths", "16", "16",
        "--dqn.learning-starts", "100", "--dqn.batch-size", "32", "--method", "rigl", "--sparsity", "0.9",
        "--dqn.sparsity.update-every", "20", "--progress", "False"]
 # 4 iterations of 2 envs x 64 steps (8 gradient steps each); RigL actor, SET value network with a mask
@@ -25,7 +26,7 @@ DQN = ["--agent", "dqn", "--env", "CartPole-v1", "--steps", "200", "--eval-every
 PPO = ["--agent", "ppo", "--env", "CartPole-v1", "--steps", "512", "--eval-episodes", "2", "--eval-every", "256",
        "--log-every", "128", "--ppo.num-envs", "2", "--ppo.rollout-length", "64", "--ppo.minibatch-size", "32",
        "--ppo.epochs", "2", "--ppo.actor-widths", "16", "16", "--ppo.value-widths", "16", "16", "--update-every", "2",
-       "--analysis-every", "0", "--ppo.actor-sparsity.method", "rigl", "--ppo.value-sparsity.method", "set",
+       "--analysis-every", "8", "--analysis-snr-every", "2", "--ppo.actor-sparsity.method", "rigl", "--ppo.value-sparsity.method", "set",
        "--checkpoint-every", "256", "--ppo.normalize-observations", "--ppo.normalize-rewards", "--progress", "False"]
 
 
@@ -47,6 +48,15 @@ def _same_run(a, b, exact=("step", "train_episodes", "train_return", "eval_retur
     sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
     for key in ("eval_returns", "nonzero_params", "steps", "seed"):
         assert sa[key] == sb[key], key
+    # training-time analysis: the same rows, statistics equal up to reassociation
+    aa, ab = read_metrics(a / "analysis.csv"), read_metrics(b / "analysis.csv")
+    assert list(aa) == list(ab) and len(aa["step"]) >= 3
+    assert any(name.startswith("snr/") for name in aa)
+    for name in aa:
+        if aa[name].dtype.kind in "fi":
+            np.testing.assert_allclose(aa[name], ab[name], rtol=1e-3, atol=1e-6, err_msg=name)
+        else:
+            np.testing.assert_array_equal(aa[name], ab[name], err_msg=name)
     return sa, sb
 
 

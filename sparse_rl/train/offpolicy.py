@@ -14,8 +14,7 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.analysis.gradient_flow import make_recorder
 from sparse_rl.replay import ReplayBuffer, Transition
-from sparse_rl.sparsity import mask_update_due
-from sparse_rl.train.runner import RunContext, join_state, split_state, timed_compile
+from sparse_rl.train.runner import RunContext, ScheduledUpdate, join_state, split_state, timed_compile
 
 
 def _example_batch(obs_spec, action_spec, batch_size: int) -> Transition:
@@ -67,8 +66,6 @@ def run(ctx: RunContext) -> dict:
         lambda state, batch, key, step, topology: agent.update(state, batch, jax.random.fold_in(key, step),
                                                                topology=topology),
         donate_argnums=0, static_argnames="topology")
-    calendar = getattr(agent, "mask_update_steps", None)
-    per_call = int(getattr(config, "gradient_steps", 1))
     if continuous:
         low = jnp.asarray(action_spec.minimum, jnp.float32)
         high = jnp.asarray(action_spec.maximum, jnp.float32)
@@ -134,9 +131,8 @@ def run(ctx: RunContext) -> dict:
         ctx.save_checkpoint(step, {"agent": state}, arrays, counters, state=state)
 
     # --- the loop ------------------------------------------------------------------------
-    compiled_update: set[bool] = set()
-    # Gradient steps done, counted on the host so that choosing the program never reads the device.
-    grad_steps = int(state.gradient_steps)
+    update = ScheduledUpdate(ctx, update_fn, getattr(agent, "mask_update_steps", None),
+                             per_call=getattr(config, "gradient_steps", 1), grad_steps=int(state.gradient_steps))
     ctx.reset_sps(start_step)
     sps = 0.0
     loop_start, loop_start_step = time.perf_counter(), start_step
@@ -166,13 +162,7 @@ def run(ctx: RunContext) -> dict:
             batch = replay.sample(sample_size, n_step=n_step, gamma=gamma)
             if recorder is not None:
                 recorder.before_update(state, batch)
-            topology = calendar is None or mask_update_due(calendar, grad_steps, per_call)
-            if topology not in compiled_update:
-                state, metrics = timed_compile(ctx, update_fn, state, batch, update_key, step, topology)
-                compiled_update.add(topology)
-            else:
-                state, metrics = update_fn(state, batch, update_key, step, topology)
-            grad_steps += per_call
+            state, metrics = update(state, batch, update_key, step)
             last_metrics = metrics
             if recorder is not None:
                 recorder.after_update(state, batch, step + 1)

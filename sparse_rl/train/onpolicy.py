@@ -40,9 +40,8 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.agents import normalize as running
 from sparse_rl.agents.ppo import Rollout
-from sparse_rl.sparsity import mask_update_due
 from sparse_rl.analysis.gradient_flow import make_recorder
-from sparse_rl.train.runner import RunContext, join_state, split_state, timed_compile
+from sparse_rl.train.runner import RunContext, ScheduledUpdate, join_state, split_state, timed_compile
 
 
 def example_rollout(config, info) -> Rollout:
@@ -152,12 +151,10 @@ def run(ctx: RunContext) -> dict:
 
     # --- the loop ------------------------------------------------------------------------
     compiled_act = False
-    compiled_update: set[bool] = set()
     # Updates with no mask update among their minibatch steps run a program without the
-    # mask-update branch; the gradient steps are counted on the host (no device read).
-    calendar = getattr(agent, "mask_update_steps", None)
-    per_call = int(config.epochs * config.num_minibatches)
-    grad_steps = int(state.gradient_steps)
+    # mask-update branch.
+    update = ScheduledUpdate(ctx, agent.update, getattr(agent, "mask_update_steps", None),
+                             per_call=config.epochs * config.num_minibatches, grad_steps=int(state.gradient_steps))
     ctx.reset_sps(start_step)
     loop_start = time.perf_counter()
     compile_before = ctx.compile_seconds
@@ -200,13 +197,7 @@ def run(ctx: RunContext) -> dict:
         key = jax.random.fold_in(update_key, iteration)
         if recorder is not None:  # before the update, which donates `state`
             recorder.before_update(state, lazy_batch(state, rollout))
-        topology = calendar is None or mask_update_due(calendar, grad_steps, per_call)
-        if topology not in compiled_update:
-            state, metrics = timed_compile(ctx, agent.update, state, rollout, key, topology=topology)
-            compiled_update.add(topology)
-        else:
-            state, metrics = agent.update(state, rollout, key, topology=topology)
-        grad_steps += per_call
+        state, metrics = update(state, rollout, key)
         last_metrics = metrics
         if recorder is not None:
             recorder.after_update(state, lazy_batch(state, rollout), step + batch)

@@ -19,7 +19,7 @@ import numpy as np
 import sparse_rl
 from sparse_rl import envs
 from sparse_rl.errors import ConfigError, NumericalError, check, check_choice, check_fields
-from sparse_rl.sparsity import sparsity_summary
+from sparse_rl.sparsity import mask_update_due, sparsity_summary
 from sparse_rl.train import checkpoint as ckpt
 from sparse_rl.train.metrics import MetricsWriter, TensorBoardWriter
 from sparse_rl.train.progress import Progress
@@ -376,6 +376,28 @@ def timed_compile(ctx: RunContext, fn: Callable, *args, **kwargs):
     release_freed_memory()  # the compiler's working memory, so that compilations do not stack up
     ctx.compile_seconds += time.perf_counter() - start
     return out
+
+
+class ScheduledUpdate:
+    """An agent's update, called with or without its mask-update branch as the mask-update
+    calendar says (`topology=True` only for calls in which a mask update is due; always for agents
+    without a calendar). Gradient steps are counted on the host, so choosing the program never
+    reads the device; the first call of each program is counted as compile time."""
+
+    def __init__(self, ctx: RunContext, fn: Callable, calendar, per_call: int, grad_steps: int):
+        self.ctx, self.fn, self.calendar = ctx, fn, calendar
+        self.per_call, self.grad_steps = int(per_call), int(grad_steps)
+        self._compiled: set[bool] = set()
+
+    def __call__(self, state, *args):
+        topology = self.calendar is None or mask_update_due(self.calendar, self.grad_steps, self.per_call)
+        if topology in self._compiled:
+            out = self.fn(state, *args, topology=topology)
+        else:
+            out = timed_compile(self.ctx, self.fn, state, *args, topology=topology)
+            self._compiled.add(topology)
+        self.grad_steps += self.per_call
+        return out
 
 
 def train(run: RunConfig, agent_config=None) -> dict:

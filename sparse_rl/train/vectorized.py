@@ -517,14 +517,7 @@ def _run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | Non
     for ctx in ctxs:
         ctx.open_metrics(["train_episodes"] + metric_names + extra_names + network_names, None)
 
-    recorders = [None] * S
-    every = getattr(run0, "analysis_every", 0)
-    if every:
-        from sparse_rl.analysis.gradient_flow import make_recorder
-
-        recorders = [make_recorder(agents[i], state_i, ctx.rundir.path, every=every,
-                                   snr_every=getattr(run0, "analysis_snr_every", 10), resume_step=None, ctx=ctx)
-                     for i, (ctx, state_i) in enumerate(zip(ctxs, chunks.host()))]
+    recorders = make_recorders(ctxs, agents, chunks)
     del single
 
     timesteps = [env.reset() for env in env_list]
@@ -579,20 +572,11 @@ def _run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | Non
                     and len(replays[0]) >= config.batch_size):
                 samples = [r.sample(sample_size, n_step=n_step, gamma=gamma) for r in replays]
                 batch = Transition(*(np.stack(field) for field in zip(*samples)))
-                due = [rec is not None and rec.reads_state_next_call() for rec in recorders]
-                for i, rec in enumerate(recorders):
-                    if due[i]:
-                        rec.before_update(chunks.take(i), samples[i])
                 topology = calendar is None or mask_update_due(calendar, grad_steps, per_call)
-                metrics = update_all((batch, update_keys), (step,), topology=topology)
+                metrics = record_around(
+                    recorders, chunks, lambda i, state: samples[i], step + 1,
+                    lambda: update_all((batch, update_keys), (step,), topology=topology))
                 grad_steps += per_call
-                for i, rec in enumerate(recorders):
-                    if rec is None:
-                        continue
-                    if due[i]:
-                        rec.after_update(chunks.take(i), samples[i], step + 1)
-                    else:
-                        rec.after_update(None, None, step + 1)
 
             done = step + 1
             evaluated = done % run0.eval_every == 0 or done == run0.steps
@@ -624,6 +608,41 @@ def _run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | Non
         chunks.close()
 
     return finish(ctxs, chunks, recorders, extras, loop_start, run0.steps, init_seconds)
+
+
+def make_recorders(ctxs: list[RunContext], agents: list, chunks: StateChunks) -> list:
+    """Each run's training-time analysis recorder (None where the run records none), as the
+    single-run loops make them: every run writes its own analysis.csv."""
+    run0 = ctxs[0].run
+    every = getattr(run0, "analysis_every", 0)
+    if not every:
+        return [None] * len(ctxs)
+    from sparse_rl.analysis.gradient_flow import make_recorder
+
+    return [make_recorder(agent, state, ctx.rundir.path, every=every,
+                          snr_every=getattr(run0, "analysis_snr_every", 10), resume_step=None, ctx=ctx)
+            for ctx, agent, state in zip(ctxs, agents, chunks.host())]
+
+
+def record_around(recorders: list, chunks: StateChunks, batch_of: Callable, step_after: int, update: Callable):
+    """`update()` with each run's recorder called before and after it. A run's state is copied
+    out of its chunk (and its batch built, `batch_of(run, state)`) only when its recorder reads
+    them on this call."""
+    due = [rec is not None and rec.reads_state_next_call() for rec in recorders]
+    for i, rec in enumerate(recorders):
+        if due[i]:
+            state = chunks.take(i)
+            rec.before_update(state, batch_of(i, state))
+    out = update()
+    for i, rec in enumerate(recorders):
+        if rec is None:
+            continue
+        if due[i]:
+            state = chunks.take(i)
+            rec.after_update(state, batch_of(i, state), step_after)
+        else:
+            rec.after_update(None, None, step_after)
+    return out
 
 
 def finish(ctxs: list[RunContext], chunks: StateChunks, recorders, extras, loop_start: float, steps: int,

@@ -13,17 +13,16 @@ same iteration ends), checkpoints (same contents and format, so `sparse-rl train
 continues a vectorized run alone) and summary, so its results equal a separate run's up to
 floating-point reassociation in the batched computations.
 
-Not covered: the training-time analysis (`analysis_every`); vectorized PPO runs write no
-analysis.csv (run a seed alone for it). Resuming is done run by run, as for the off-policy
-loop.
+Each run records its own training-time analysis (analysis.csv) as a separate run would.
+Resuming is done run by run, as for the off-policy loop.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sparse_rl import envs
@@ -35,6 +34,8 @@ from sparse_rl.train.runner import RunContext, split_state
 from sparse_rl.train.vectorized import (
     evaluate_all,
     finish,
+    make_recorders,
+    record_around,
     refuse_checkpoints,
     start_states,
     update_calendar,
@@ -62,9 +63,8 @@ def run_group(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int 
     del single
     for ctx in ctxs:
         ctx.open_metrics(["train_episodes", "iteration", "gradient_steps"] + metric_names + network_names, None)
-    if getattr(run0, "analysis_every", 0):
-        print(f"note: vectorized {run0.agent} runs write no analysis.csv (analysis_every={run0.analysis_every} "
-              "is ignored; train a seed alone for it)", file=sys.stderr)
+    recorders = make_recorders(ctxs, agents, chunks)
+    analysis_batch = getattr(agent, "analysis_batch", None)
 
     acting_view = getattr(ctx0.module, "acting_view", None)
     act_all = chunks.program(lambda s, o, k, i: agent.act_with_info(s, o, jax.random.fold_in(k, i)), "act",
@@ -147,8 +147,14 @@ def run_group(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int 
             rollout = Rollout(buf_obs, buf_action, buf_log_prob, buf_value, buf_reward, buf_terminated,
                               buf_truncated, buf_final_value, last_value)
             topology = calendar is None or mask_update_due(calendar, iteration * per_call, per_call)
-            metrics = update_all((rollout, update_keys), (iteration,),
-                                 topology=topology)
+
+            def batch_of(i, state):
+                """Run i's rollout (as the single-run loop passes it), or its analysis batch."""
+                own = Rollout(*(jnp.asarray(x[i]) for x in rollout))
+                return own if analysis_batch is None else (lambda: analysis_batch(state, own))
+
+            metrics = record_around(recorders, chunks, batch_of, step + T * N,
+                                    lambda: update_all((rollout, update_keys), (iteration,), topology=topology))
 
             before, step = step, step + T * N
             last = iteration == iterations - 1
@@ -184,6 +190,6 @@ def run_group(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int 
         for env in env_list:
             env.close()
 
-    return finish(ctxs, chunks, [None] * S, extras, loop_start, step, init_seconds,
+    return finish(ctxs, chunks, recorders, extras, loop_start, step, init_seconds,
                   lambda i, state: {"env_steps": step, "iterations": iterations,
                                     "gradient_steps": int(state.gradient_steps)})
