@@ -23,7 +23,7 @@ def speed_rows() -> list[str]:
     ]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
-        if "rows" not in data:
+        if "rows" not in data or "steps" not in data:
             continue
         name = f"{data['benchmark']} {data['env']} ({data['steps']} steps)"
         for row in data["rows"]:
@@ -66,7 +66,42 @@ def sweep_rows() -> list[str]:
     return lines
 
 
+def flops_rows() -> list[str]:
+    path = RESULTS / "update_flops.json"
+    if not path.exists():
+        return []
+    lines = ["| update (dense) | MFLOP per update | ms per update | GFLOP/s | matmul GFLOP/s (shape) | fraction of the matmul rate |",
+             "|---|---|---|---|---|---|"]
+    for c in json.loads(path.read_text())["cases"]:
+        shape = "x".join(str(d) for d in c["matmul_shape"])
+        lines.append(f"| {c['agent']} {c['env']} | {c['update_mflop']:.0f} | {c['update_ms']:.2f} | {c['update_gflops']:.0f} "
+                     f"| {c['matmul_gflops']:.0f} ({shape}) | {c['fraction_of_matmul_rate']:.2f} |")
+    return lines
+
+
+def memory_rows() -> list[str]:
+    """One table per memory_floor_<agent>.json: resident / peak MiB after each stage of a cold start."""
+    lines = []
+    for path in sorted(RESULTS.glob("memory_floor_*.json")):
+        data = json.loads(path.read_text())
+        rows = [r for r in data["rows"] if "stages" in r]
+        if lines:
+            lines.append("")
+        lines.append(f"| {data['agent'].upper()} {data['env']}, cold: MiB resident / peak so far | "
+                     + " | ".join(f"{r['library']} {r['method']}" for r in rows) + " |")
+        lines.append("|---" * (1 + len(rows)) + "|")
+        for name in dict.fromkeys(name for r in rows for name in r["stages"]):
+            cells = [f"{v['current_mib']:.0f} / {v['peak_mib']:.0f}" if (v := r["stages"].get(name)) else ""
+                     for r in rows]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 if __name__ == "__main__":
     print("\n".join(speed_rows()))
+    print()
+    print("\n".join(flops_rows()))
+    print()
+    print("\n".join(memory_rows()))
     print()
     print("\n".join(sweep_rows()))
