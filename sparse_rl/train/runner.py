@@ -382,19 +382,20 @@ class ScheduledUpdate:
     """An agent's update, called with or without its mask-update branch as the mask-update
     calendar says (`topology=True` only for calls in which a mask update is due; always for agents
     without a calendar). Gradient steps are counted on the host, so choosing the program never
-    reads the device; the first call of each program is counted as compile time."""
+    reads the device. With a `ctx`, the first call of each program is counted as its compile time;
+    without one, `fn` times its own compilation (a `StateChunks.updater`)."""
 
-    def __init__(self, ctx: RunContext, fn: Callable, calendar, per_call: int, grad_steps: int):
+    def __init__(self, ctx: RunContext | None, fn: Callable, calendar, per_call: int, grad_steps: int = 0):
         self.ctx, self.fn, self.calendar = ctx, fn, calendar
         self.per_call, self.grad_steps = int(per_call), int(grad_steps)
         self._compiled: set[bool] = set()
 
-    def __call__(self, state, *args):
+    def __call__(self, *args):
         topology = self.calendar is None or mask_update_due(self.calendar, self.grad_steps, self.per_call)
-        if topology in self._compiled:
-            out = self.fn(state, *args, topology=topology)
+        if self.ctx is None or topology in self._compiled:
+            out = self.fn(*args, topology=topology)
         else:
-            out = timed_compile(self.ctx, self.fn, state, *args, topology=topology)
+            out = timed_compile(self.ctx, self.fn, *args, topology=topology)
             self._compiled.add(topology)
         self.grad_steps += self.per_call
         return out

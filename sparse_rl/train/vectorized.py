@@ -49,13 +49,13 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.errors import ConfigError
 from sparse_rl.replay import ReplayBuffer, Transition
-from sparse_rl.sparsity import mask_update_due
 from sparse_rl.train.memory import release_freed_memory
 from sparse_rl.train.offpolicy import _learning_starts
 from sparse_rl.train.rundir import RunDir
 from sparse_rl.train.runner import (
     RunConfig,
     RunContext,
+    ScheduledUpdate,
     agent_module,
     default_out,
     split_state,
@@ -475,7 +475,6 @@ def _run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | Non
     gamma = getattr(config, "gamma", 0.99)
     # Agents that take several gradient steps per update sample one fresh batch for each.
     sample_size = ctx0.module.sample_size(config) if hasattr(ctx0.module, "sample_size") else config.batch_size
-    per_call = int(getattr(config, "gradient_steps", 1))
 
     env_list = [envs.make_env(ctx.run.env, ctx.run.seed) for ctx in ctxs]
     obs_spec = env_list[0].observation_spec()
@@ -493,10 +492,10 @@ def _run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | Non
                                                 evaluation=False)[0], "act")
     eval_act_all = chunks.program(
         lambda state, obs, key, t: agent.act(state, obs, jax.random.fold_in(key, t), 0, evaluation=True))
-    update_all = chunks.updater(
+    update_all = ScheduledUpdate(None, chunks.updater(
         lambda state, batch, key, step, topology: agent.update(state, batch, jax.random.fold_in(key, step),
-                                                                topology=topology))
-    calendar = update_calendar(agents)
+                                                                topology=topology)),
+        update_calendar(agents), per_call=getattr(config, "gradient_steps", 1))
 
     if continuous:
         low = jnp.asarray(action_spec.minimum, jnp.float32)
@@ -544,7 +543,6 @@ def _run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | Non
 
     for ctx in ctxs:
         ctx.reset_sps(0)
-    grad_steps = 0  # gradient steps done (the same in every run), counted on the host
     loop_start = time.perf_counter()
     try:
         for step in range(run0.steps):
@@ -572,11 +570,8 @@ def _run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | Non
                     and len(replays[0]) >= config.batch_size):
                 samples = [r.sample(sample_size, n_step=n_step, gamma=gamma) for r in replays]
                 batch = Transition(*(np.stack(field) for field in zip(*samples)))
-                topology = calendar is None or mask_update_due(calendar, grad_steps, per_call)
-                metrics = record_around(
-                    recorders, chunks, lambda i, state: samples[i], step + 1,
-                    lambda: update_all((batch, update_keys), (step,), topology=topology))
-                grad_steps += per_call
+                metrics = record_around(recorders, chunks, lambda i, state: samples[i], step + 1,
+                                        lambda: update_all((batch, update_keys), (step,)))
 
             done = step + 1
             evaluated = done % run0.eval_every == 0 or done == run0.steps

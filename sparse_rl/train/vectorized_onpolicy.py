@@ -28,9 +28,8 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.agents import normalize as running
 from sparse_rl.agents.ppo import Rollout
-from sparse_rl.sparsity import mask_update_due
 from sparse_rl.train.onpolicy import _crossed, example_rollout
-from sparse_rl.train.runner import RunContext, split_state
+from sparse_rl.train.runner import RunContext, ScheduledUpdate, split_state
 from sparse_rl.train.vectorized import (
     evaluate_all,
     finish,
@@ -72,12 +71,11 @@ def run_group(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int 
     value_all = chunks.program(lambda s, o: agent.value(s, o), view=acting_view)
     eval_act_all = chunks.program(
         lambda s, o, k, t: agent.act(s, o, jax.random.fold_in(k, t), 0, evaluation=True), view=acting_view)
-    update_all = chunks.updater(lambda s, rollout, k, iteration, topology: agent.update(
-        s, rollout, jax.random.fold_in(k, iteration), topology=topology))
     # Updates with no mask update among their minibatch steps run a program without the
-    # mask-update branch (as the single-run loop); gradient steps are counted on the host.
-    calendar = update_calendar(agents)
-    per_call = int(config.epochs * config.num_minibatches)
+    # mask-update branch (as the single-run loop).
+    update_all = ScheduledUpdate(None, chunks.updater(lambda s, rollout, k, iteration, topology: agent.update(
+        s, rollout, jax.random.fold_in(k, iteration), topology=topology)),
+        update_calendar(agents), per_call=config.epochs * config.num_minibatches)
 
     reward_stats = [running.init((), xp=np) for _ in range(S)]
     discounted = np.zeros((S, N), np.float64)
@@ -146,7 +144,6 @@ def run_group(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int 
             last_value = np.asarray(value_all((obs,)))
             rollout = Rollout(buf_obs, buf_action, buf_log_prob, buf_value, buf_reward, buf_terminated,
                               buf_truncated, buf_final_value, last_value)
-            topology = calendar is None or mask_update_due(calendar, iteration * per_call, per_call)
 
             def batch_of(i, state):
                 """Run i's rollout (as the single-run loop passes it), or its analysis batch."""
@@ -154,7 +151,7 @@ def run_group(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int 
                 return own if analysis_batch is None else (lambda: analysis_batch(state, own))
 
             metrics = record_around(recorders, chunks, batch_of, step + T * N,
-                                    lambda: update_all((rollout, update_keys), (iteration,), topology=topology))
+                                    lambda: update_all((rollout, update_keys), (iteration,)))
 
             before, step = step, step + T * N
             last = iteration == iterations - 1
