@@ -23,31 +23,36 @@ from common import machine, run_worker, write_results  # noqa: E402
 ENV = "HalfCheetah-v5"
 
 
-def _rss() -> tuple[float, float]:
-    import resource
+class Stages(dict):
+    """Resident memory (current and peak so far, MiB) after each named stage of this process."""
 
-    current = int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    def mark(self, name: str) -> None:
+        import resource
+
+        current = int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+        self[name] = {"current_mib": current, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+    def start_jax(self) -> None:
+        """Import JAX and start its CPU client (the first computation does)."""
+        import jax.numpy as jnp
+
+        jnp.ones(1).block_until_ready()
+        self.mark("jax with its CPU client")
 
 
 def ours(agent_name: str, method: str) -> dict:
-    stages = {}
-
-    def mark(name):
-        stages[name] = dict(zip(("current_mib", "peak_mib"), _rss()))
+    stages = Stages()
+    stages.start_jax()
+    import importlib
 
     import jax
     import jax.numpy as jnp
-
-    jnp.ones(1).block_until_ready()
-    mark("jax with its CPU client")
-    import importlib
 
     import haiku  # noqa: F401
     import optax  # noqa: F401
     import rlax  # noqa: F401
 
-    mark("haiku, optax, rlax")
+    stages.mark("haiku, optax, rlax")
     from sparse_rl import envs
     from sparse_rl.cli import build_train_args
     from sparse_rl.train.memory import release_freed_memory
@@ -59,11 +64,11 @@ def ours(agent_name: str, method: str) -> dict:
     env = envs.make_env(ENV, seed=0)
     run, config = build_train_args(["--agent", agent_name, "--env", ENV, "--method", method, "--sparsity", "0.9"])
     agent = module.make(config, spec, run.steps)
-    mark("environment and agent made")
+    stages.mark("environment and agent made")
     state = agent.init(jax.random.PRNGKey(0))
     jax.block_until_ready(state)
     release_freed_memory()
-    mark("init compiled and run")
+    stages.mark("init compiled and run")
     if agent_name == "ppo":
         shapes = example_rollout(config, agent.info)
     else:
@@ -73,29 +78,22 @@ def ours(agent_name: str, method: str) -> dict:
         state, _ = agent.update(state, batch, jax.random.PRNGKey(1), topology=topology)
         jax.block_until_ready(state)
         release_freed_memory()
-        mark(f"update (topology={topology}) compiled and run")
+        stages.mark(f"update (topology={topology}) compiled and run")
     del env
     return {"library": "sparse_rl", "agent": agent_name, "method": method, "stages": stages}
 
 
 def sbx(agent_name: str) -> dict:
-    stages = {}
-
-    def mark(name):
-        stages[name] = dict(zip(("current_mib", "peak_mib"), _rss()))
-
-    import jax.numpy as jnp
-
-    jnp.ones(1).block_until_ready()
-    mark("jax with its CPU client")
+    stages = Stages()
+    stages.start_jax()
     import gymnasium as gym
     import sbx as sbx_lib
 
-    mark("sbx (and torch) imported")
+    stages.mark("sbx (and torch) imported")
     env = gym.make(ENV)
     cls = sbx_lib.SAC if agent_name == "sac" else sbx_lib.PPO
     model = cls("MlpPolicy", env, seed=0, verbose=0)
-    mark("environment and model made")
+    stages.mark("environment and model made")
     del model
     return {"library": "sbx", "agent": agent_name, "method": "dense", "stages": stages}
 
