@@ -31,11 +31,6 @@ USAGE = """usage: sparse-rl {train,sweep,plot,analyze} [options]
 
 `sparse-rl COMMAND --help` documents each option."""
 
-# Which sparsity configs of each agent the shortcut flags (--method, --sparsity, ...) set.
-SPARSITY_FIELDS = {"dqn": ("sparsity",), "sac": ("actor_sparsity", "critic_sparsity"),
-                   "ppo": ("actor_sparsity", "value_sparsity")}
-
-
 def _shortcuts(agent: str):
     """Top-level flags that set every network's sparsity config of the agent at once."""
 
@@ -58,15 +53,16 @@ def _shortcuts(agent: str):
     return Shortcuts
 
 
-def apply_shortcuts(module, agent: str, preset: str, config, shortcuts):
-    """Agent config with the shortcut flags applied to each of its sparsity configs.
+def apply_shortcuts(spec, preset: str, config, shortcuts):
+    """Agent config with the shortcut flags applied to each of its sparsity configs (the agent
+    spec's `sparsity_fields`).
 
     A method chosen on the command line takes the paper's schedule defaults for that method and
     preset (update interval, drop fraction) unless they are given too.
     """
-    defaults = getattr(module, "METHOD_DEFAULTS", {}).get(preset, {})
+    defaults = spec.method_defaults.get(preset, {})
     changes = {}
-    for field in SPARSITY_FIELDS[agent]:
+    for field in spec.sparsity_fields:
         sparsity_config = getattr(config, field)
         update = {}
         if shortcuts.method is not None:
@@ -110,28 +106,27 @@ def build_train_args(argv):
 
 def parse_train_args(argv):
     """(RunConfig, agent config, ProcessOptions) from command-line arguments."""
-    from sparse_rl import envs
-    from sparse_rl.train.runner import AGENT_MODULES, RunConfig, agent_module
+    from sparse_rl import agents, envs
+    from sparse_rl.train.runner import RunConfig
 
     pre = _pre_parse(argv)
-    check_choice(pre.agent, "agent", tuple(AGENT_MODULES))
-    module = agent_module(pre.agent)
+    spec = agents.spec(pre.agent)
     family = envs.env_family(pre.env)
-    preset = pre.preset or module.default_preset(family)
-    check_choice(preset, "preset", tuple(module.PRESETS))
+    preset = pre.preset or spec.default_preset(family)
+    check_choice(preset, "preset", tuple(spec.presets))
     Shortcuts = _shortcuts(pre.agent)
 
     @dataclasses.dataclass(frozen=True)
     class TrainArgs:
         run: Annotated[RunConfig, tyro.conf.OmitArgPrefixes]
         shortcuts: Annotated[Shortcuts, tyro.conf.OmitArgPrefixes]
-        config: Annotated[module.Config, tyro.conf.arg(name=pre.agent)]
+        config: Annotated[spec.config, tyro.conf.arg(name=pre.agent)]
         process: Annotated[ProcessOptions, tyro.conf.OmitArgPrefixes]
 
     default = TrainArgs(
         run=RunConfig(agent=pre.agent, env=pre.env),
         shortcuts=Shortcuts(preset=preset),
-        config=module.PRESETS[preset],
+        config=spec.presets[preset],
         process=ProcessOptions(),
     )
     with through_parser():
@@ -139,7 +134,7 @@ def parse_train_args(argv):
             TrainArgs, default=default, args=argv, prog="sparse-rl train",
             description="Train one sparse agent and write its run directory (config.json, metrics.csv, summary.json, checkpoints).",
         )
-    config = apply_shortcuts(module, pre.agent, preset, args.config, args.shortcuts)
+    config = apply_shortcuts(spec, preset, args.config, args.shortcuts)
     return args.run, config, args.process
 
 

@@ -61,10 +61,10 @@ def run_case(argv: list[str], out: Path) -> dict:
 
 
 def run_group(argv: list[str], seeds, root: Path) -> list[dict]:
-    from sparse_rl.train.vectorized import train_vectorized
+    from sparse_rl.train.runner import train_group
 
     pairs = [build_train_args(argv + ["--seed", str(s), "--out", str(root / f"s{s}")]) for s in seeds]
-    summaries = train_vectorized([r for r, _ in pairs], [c for _, c in pairs])
+    summaries = train_group([r for r, _ in pairs], [c for _, c in pairs])
     return [_result(root / f"s{s}", summary) for s, summary in zip(seeds, summaries)]
 
 

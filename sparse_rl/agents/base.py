@@ -1,26 +1,104 @@
-"""What every agent module provides, and what the runner relies on.
+"""The agent contract: what an agent module declares (`AgentSpec`) and what `make()` returns (an
+agent with its loop needs resolved), so that the env loops never probe an agent or import one.
 
 An agent module (`dqn`, `sac`, `ppo`) exposes:
   - `Config`: frozen dataclass of documented fields, nested `SparsityConfig`s, validated on
     construction (ConfigError naming the field);
-  - `PRESETS: dict[str, Config]` (names like "classic", "atari", "mujoco") and
-    `default_preset(env_family: str) -> str`;
-  - `make(config, env_spec, total_steps) -> Agent`: builds the jitted pure functions (the
-    sparsity schedule windows that are given as fractions are resolved against `total_steps`
-    here);
-  - `LOOP`: "offpolicy" (DQN, SAC: step one env, replay, update) or "onpolicy" (PPO: rollouts
-    from a vector env, then epochs of minibatch updates).
+  - `PRESETS: dict[str, Config]` (names like "classic", "atari", "mujoco"),
+    `default_preset(env_family: str) -> str` and `METHOD_DEFAULTS` (per preset, per method: the
+    paper's schedule defaults, e.g. update interval and drop fraction);
+  - `make(config, env_spec, total_steps) -> Agent | OnPolicyAgent`: builds the jitted pure
+    functions (the sparsity schedule windows that are given as fractions are resolved against
+    `total_steps` here) and resolves what its loop needs (`OffPolicyNeeds` / `OnPolicyNeeds`);
+  - `SPEC: AgentSpec`, the one declaration the rest of the library asks: loop kind, networks and
+    the config field holding each network's SparsityConfig, presets, method defaults, `make`.
+    `sparse_rl.agents.spec(name)` returns it.
 Agent state is a NamedTuple pytree of arrays only, so it can be checkpointed, vmapped over seeds and
 compared leaf by leaf.
 """
 
-from typing import Any, Callable, NamedTuple
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
+import numpy as np
+
+LOOPS = ("offpolicy", "onpolicy")
+
+
+class OffPolicyNeeds(NamedTuple):
+    """What the off-policy loop (one env per run, replay, update) needs, resolved by `make`."""
+
+    learning_starts: int  # env steps before the first update
+    random_warmup: bool  # act uniformly at random in the action bounds before `learning_starts` (SAC)
+    train_every: int  # env steps between update calls
+    batch_size: int  # the replay must hold this many transitions before the first update
+    sample_size: int  # transitions sampled per update call (one fresh minibatch per gradient step)
+    gradient_steps: int  # gradient steps one update call runs
+    n_step: int
+    gamma: float
+    replay_capacity: int
+
+
+class OnPolicyNeeds(NamedTuple):
+    """What the on-policy loop (rollouts from a vector env, one update per rollout) needs."""
+
+    num_envs: int
+    rollout_length: int
+    iterations: int  # update calls in the run
+    gradient_steps: int  # minibatch gradient steps one update call runs
+    discrete: bool  # else Box actions, clipped to [action_low, action_high] when stepping the env
+    action_low: Any
+    action_high: Any
+    obs_shape: tuple
+    obs_dtype: Any
+    action_shape: tuple
+    action_dtype: Any
+    # Reward scaling by the running std of the discounted return (agents.normalize.RewardScaling), or None.
+    reward_scaling: Any
+    # state -> the state the per-step functions (act_with_info, value, evaluation act) read.
+    acting_view: Callable[[Any], Any]
+
+
+class Rollout(NamedTuple):
+    """One rollout from a vector env, time-major: arrays are [T, N, ...] unless noted.
+
+    `obs` are the raw (unnormalised) observations the actions were chosen from; `action` the raw
+    (unclipped) actions; `log_prob` and `value` as returned by `act_with_info`; `reward` the
+    (possibly scaled) rewards; `terminated` / `truncated` whether the episode ended after the step;
+    `final_value` V(final observation) where `truncated` (bootstrapped into the reward unless the
+    step also terminated), else 0;
+    `last_value` [N] V(observation after the last step).
+    """
+
+    obs: Any
+    action: Any
+    log_prob: Any
+    value: Any
+    reward: Any
+    terminated: Any
+    truncated: Any
+    final_value: Any
+    last_value: Any
+
+
+def example_rollout(needs: OnPolicyNeeds) -> Rollout:
+    """Shapes and dtypes of a rollout (for reading the update's metric names without compiling)."""
+    T, N = needs.rollout_length, needs.num_envs
+    scalar = jax.ShapeDtypeStruct((T, N), np.float32)
+    flag = jax.ShapeDtypeStruct((T, N), np.bool_)
+    return Rollout(
+        obs=jax.ShapeDtypeStruct((T, N, *needs.obs_shape), needs.obs_dtype),
+        action=jax.ShapeDtypeStruct((T, N, *needs.action_shape), needs.action_dtype),
+        log_prob=scalar, value=scalar, reward=scalar, terminated=flag, truncated=flag, final_value=scalar,
+        last_value=jax.ShapeDtypeStruct((N,), np.float32),
+    )
 
 
 class Agent(NamedTuple):
-    """Jitted pure functions over an agent state (a NamedTuple pytree)."""
+    """An off-policy agent: jitted pure functions over an agent state (a NamedTuple pytree)."""
 
     # key -> state (params already masked, optimiser states built by `sparsify`).
     init: Callable[[jax.Array], Any]
@@ -34,6 +112,8 @@ class Agent(NamedTuple):
     # state -> {network name: (params, masks)}, e.g. {"q": ...} or {"actor": ..., "critic1": ...}.
     # Used for measured sparsity, analysis and checkpoint statistics.
     networks: Callable[[Any], dict[str, tuple[Any, Any]]]
+    # What the off-policy loop needs (learning starts, sample size, ...).
+    loop: OffPolicyNeeds
     # Optional `sparse_rl.analysis.gradient_flow.AnalysisHook` (dense gradients, forward functions
     # and resolved sparsity configs per network) for the training-time analysis; None: no analysis.
     analysis: Any = None
@@ -41,3 +121,65 @@ class Agent(NamedTuple):
     # change (`sparse_rl.sparsity.mask_update_steps`, union over networks); None: unknown, always
     # call `update` with topology=True.
     mask_update_steps: Any = None
+
+
+class OnPolicyAgent(NamedTuple):
+    """An on-policy agent: `Agent`'s functions (update takes a `Rollout`) plus what rollouts need."""
+
+    init: Callable
+    act: Callable
+    update: Callable
+    networks: Callable
+    # (state, obs [B, ...], key) -> (action, log_prob [B], value [B]); raw (unclipped) actions.
+    act_with_info: Callable
+    # (state, obs [B, ...]) -> value [B].
+    value: Callable
+    # What the on-policy loop needs (rollout shape, iterations, action bounds, reward scaling, ...).
+    loop: OnPolicyNeeds
+    # (state, rollout) -> loss terms over the whole rollout at the current params (diagnostics).
+    loss: Callable | None = None
+    # Numbers for diagnostics and tests (total gradient steps, resolved sparsity, weight decays).
+    info: dict | None = None
+    # (state, rollout) -> the flat batch the analysis hook reads; None: the rollout itself.
+    analysis_batch: Callable | None = None
+    analysis: Any = None
+    # As `Agent.mask_update_steps`; `update(..., topology=False)` is valid for an update none of
+    # whose minibatch steps is one.
+    mask_update_steps: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSpec:
+    """An agent module's declaration: everything outside the agent asks this, never the module."""
+
+    name: str
+    loop: str  # one of LOOPS
+    config: type  # the Config dataclass
+    # Network name (as `agent.networks(state)` names it) -> the config field holding its SparsityConfig.
+    networks: Mapping[str, str]
+    presets: Mapping[str, Any]  # preset name -> Config
+    method_defaults: Mapping[str, Mapping[str, Mapping[str, Any]]]  # preset -> method -> SparsityConfig fields
+    default_preset: Callable[[str], str]  # env family -> preset name
+    make: Callable[..., Any]  # (config, env_spec, total_steps) -> Agent | OnPolicyAgent
+
+    def __post_init__(self):
+        if self.loop not in LOOPS:
+            raise ValueError(f"AgentSpec {self.name}: loop must be one of {LOOPS}, got {self.loop!r}")
+
+    @property
+    def sparsity_fields(self) -> tuple[str, ...]:
+        """The config fields holding SparsityConfigs, in declaration order, each once."""
+        return tuple(dict.fromkeys(self.networks.values()))
+
+    def sparsity_configs(self, config) -> dict[str, Any]:
+        """{field: SparsityConfig} of an agent config (a dataclass, or its dict from config.json)."""
+        get = config.get if isinstance(config, Mapping) else lambda f: getattr(config, f)
+        return {field: get(field) for field in self.sparsity_fields}
+
+    def main_sparsity(self, config):
+        """The first network's SparsityConfig (names runs: method and level)."""
+        return self.sparsity_configs(config)[self.sparsity_fields[0]]
+
+    def preset_for(self, family: str):
+        """The default preset's Config for an env family."""
+        return self.presets[self.default_preset(family)]

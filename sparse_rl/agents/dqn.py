@@ -15,12 +15,11 @@ import rlax
 
 from sparse_rl import nets
 from sparse_rl.agents import common
-from sparse_rl.agents.base import Agent
+from sparse_rl.agents.base import Agent, AgentSpec, OffPolicyNeeds
 from sparse_rl.analysis.gradient_flow import AnalysisHook
 from sparse_rl.errors import ConfigError, check, check_choice, check_fields
 from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, mask_update_steps, sparse_init, sparsify
 
-LOOP = "offpolicy"
 LOSSES = ("mse", "huber")
 
 # PAPER.md: weight decay 1e-6 for every classic-control method, 0 for the Atari CNN.
@@ -280,6 +279,14 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         act=jax.jit(act, static_argnames="evaluation"),
         update=jax.jit(update, donate_argnums=0, static_argnames="topology"),
         networks=networks,
+        loop=OffPolicyNeeds(
+            learning_starts=config.learning_starts, random_warmup=False, train_every=config.train_every,
+            batch_size=config.batch_size, sample_size=config.batch_size, gradient_steps=1,
+            n_step=config.n_step, gamma=config.gamma, replay_capacity=config.replay_capacity),
         analysis=analysis,
         mask_update_steps=mask_update_steps(sparsity),
     )
+
+
+SPEC = AgentSpec(name="dqn", loop="offpolicy", config=Config, networks={"q": "sparsity"}, presets=PRESETS,
+                 method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make)

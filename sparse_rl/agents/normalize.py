@@ -70,3 +70,20 @@ def scale(state: RunningMeanStd, x, clip: float | None = 10.0, eps: float = 1e-8
 
 def to_numpy(state: RunningMeanStd) -> RunningMeanStd:
     return RunningMeanStd(*(np.asarray(v) for v in state))
+
+
+class RewardScaling(NamedTuple):
+    """Reward scaling as gymnasium's NormalizeReward: rewards divided by the running std of the
+    discounted return, per env, clipped to [-clip, clip]."""
+
+    gamma: float
+    clip: float | None
+
+
+def scale_rewards(scaling: RewardScaling, stats: RunningMeanStd, discounted, reward, done):
+    """(stats, discounted, scaled reward) after one vector-env step, in numpy: `discounted` [N]
+    float64 per-env discounted returns (reset to 0 where `done`), `stats` over their float32 values."""
+    discounted = discounted * scaling.gamma + reward
+    stats = update(stats, discounted.astype(np.float32))
+    scaled = scale(stats, reward, scaling.clip)
+    return stats, np.where(done, 0.0, discounted), scaled

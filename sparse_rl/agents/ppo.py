@@ -36,11 +36,11 @@ import rlax
 from sparse_rl import nets
 from sparse_rl.agents import common
 from sparse_rl.agents import normalize as running
+from sparse_rl.agents.base import AgentSpec, OnPolicyAgent, OnPolicyNeeds, Rollout
 from sparse_rl.analysis.gradient_flow import AnalysisHook
 from sparse_rl.errors import ConfigError, check, check_choice, check_fields
 from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, mask_update_steps, sparse_init, sparsify
 
-LOOP = "onpolicy"
 
 # PAPER.md, PPO: dense and pruning 1e-6, static 0, RigL 1e-4, SET 1e-6. Atari CNN: 0.
 MUJOCO_WEIGHT_DECAY = {"dense": 1e-6, "prune": 1e-6, "static": 0.0, "rigl": 1e-4, "set": 1e-6}
@@ -260,52 +260,6 @@ class PPOState(NamedTuple):
     iterations: jax.Array  # update calls so far (int32)
 
 
-class Rollout(NamedTuple):
-    """One rollout from a vector env, time-major: arrays are [T, N, ...] unless noted.
-
-    `obs` are the raw (unnormalised) observations the actions were chosen from; `action` the raw
-    (unclipped) actions; `log_prob` and `value` as returned by `act_with_info`; `reward` the
-    (possibly scaled) rewards; `terminated` / `truncated` whether the episode ended after the step;
-    `final_value` V(final observation) where `truncated` (bootstrapped into the reward unless the
-    step also terminated), else 0;
-    `last_value` [N] V(observation after the last step).
-    """
-
-    obs: Any
-    action: Any
-    log_prob: Any
-    value: Any
-    reward: Any
-    terminated: Any
-    truncated: Any
-    final_value: Any
-    last_value: Any
-
-
-class PPOAgent(NamedTuple):
-    """`Agent` (init, act, update, networks) plus what rollouts need."""
-
-    init: Callable
-    act: Callable
-    update: Callable
-    networks: Callable
-    # (state, obs [B, ...], key) -> (action, log_prob [B], value [B]); raw (unclipped) actions.
-    act_with_info: Callable
-    # (state, obs [B, ...]) -> value [B].
-    value: Callable
-    # (state, rollout) -> loss terms over the whole rollout at the current params (diagnostics).
-    loss: Callable
-    # numbers the env loop needs (iterations, total gradient steps, action bounds, ...).
-    info: dict
-    # (state, rollout) -> the flat batch the analysis hook reads (all T*N transitions; see `make`).
-    analysis_batch: Callable | None = None
-    # sparse_rl.analysis hook: gradient flow, SNR, dormant neurons and topology of both networks.
-    analysis: Any = None
-    # Values of `state.gradient_steps` at which a mask may change (see `sparse_rl.agents.base.Agent`);
-    # `update(..., topology=False)` is valid for an update none of whose minibatch steps is one.
-    mask_update_steps: Any = None
-
-
 def acting_view(state: PPOState) -> PPOState:
     """The state without its optimiser states: all that `act`, `act_with_info` and `value` read.
 
@@ -360,7 +314,7 @@ def _gaussian_entropy(log_std):
     return jnp.sum(log_std + 0.5 * (1.0 + jnp.log(2.0 * jnp.pi)), axis=-1)
 
 
-def make(config: Config, env_spec, total_steps: int) -> PPOAgent:
+def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
     """Jitted init / act / update of a sparse PPO for `env_spec` (Box or Discrete actions)."""
     check(isinstance(config, Config), "agent_config", f"expected ppo.Config, got {type(config).__name__}")
     check(_int(total_steps) and total_steps > 0, "steps", f"must be > 0, got {total_steps!r}")
@@ -654,16 +608,27 @@ def make(config: Config, env_spec, total_steps: int) -> PPOAgent:
         "sparsity": sparsity,
         "weight_decay": decays,
     }
-    return PPOAgent(
+    reward_scaling = running.RewardScaling(config.gamma, config.reward_clip) if config.normalize_rewards else None
+    needs = OnPolicyNeeds(
+        num_envs=config.num_envs, rollout_length=config.rollout_length, iterations=iterations,
+        gradient_steps=config.epochs * num_minibatches, discrete=discrete, action_low=low, action_high=high,
+        obs_shape=obs_shape, obs_dtype=np.uint8 if image else np.float32, action_shape=action_shape,
+        action_dtype=action_dtype, reward_scaling=reward_scaling, acting_view=acting_view)
+    return OnPolicyAgent(
         init=jax.jit(init),
         act=jax.jit(act, static_argnames="evaluation"),
         update=jax.jit(update, donate_argnums=0, static_argnames="topology"),
         networks=networks,
         act_with_info=jax.jit(act_with_info),
         value=jax.jit(value),
+        loop=needs,
         loss=jax.jit(loss),
         info=info,
         analysis_batch=jax.jit(analysis_batch),
         analysis=analysis,
         mask_update_steps=np.union1d(mask_update_steps(sparsity["actor"]), mask_update_steps(sparsity["value"])),
     )
+
+
+SPEC = AgentSpec(name="ppo", loop="onpolicy", config=Config, networks={"actor": "actor_sparsity", "value": "value_sparsity"},
+                 presets=PRESETS, method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make)

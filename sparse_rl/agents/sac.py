@@ -37,13 +37,11 @@ import rlax
 
 from sparse_rl import nets
 from sparse_rl.agents import common
-from sparse_rl.agents.base import Agent
+from sparse_rl.agents.base import Agent, AgentSpec, OffPolicyNeeds
 from sparse_rl.analysis.gradient_flow import AnalysisHook
 from sparse_rl.errors import ConfigError, check, check_choice, check_fields
 from sparse_rl.sparsity import (METHODS, SparsityConfig, apply_masks, get_masks, mask_update_steps, sparse_init,
                                sparsify)
-
-LOOP = "offpolicy"
 
 # PAPER.md: SAC uses weight decay 1e-4 for every method except RigL (1e-6). Resolved per network
 # from that network's own sparsity method.
@@ -329,7 +327,7 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
     obs_spec = env_spec.observation_spec
     obs_shape = tuple(obs_spec.shape)
     learning_starts = (config.learning_starts if config.learning_starts is not None
-                       else default_learning_starts(getattr(env_spec, "env_id", "")))
+                       else default_learning_starts(env_spec.env_id))
     grad_steps = total_gradient_steps(config, total_steps, learning_starts)
     actor_sparsity, critic_sparsity = (
         common.resolve_schedule(cfg, grad_steps, config.schedule_start_fraction, config.schedule_end_fraction)
@@ -526,6 +524,15 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         act=jax.jit(act, static_argnames="evaluation"),
         update=jax.jit(update, donate_argnums=0, static_argnames="topology"),
         networks=networks,
+        loop=OffPolicyNeeds(
+            learning_starts=learning_starts, random_warmup=True, train_every=config.train_every,
+            batch_size=config.batch_size, sample_size=sample_size(config), gradient_steps=config.gradient_steps,
+            n_step=1, gamma=config.gamma, replay_capacity=config.replay_capacity),
         analysis=analysis,
         mask_update_steps=np.union1d(mask_update_steps(actor_sparsity), mask_update_steps(critic_sparsity)),
     )
+
+
+SPEC = AgentSpec(name="sac", loop="offpolicy", config=Config,
+                 networks={"actor": "actor_sparsity", "critic1": "critic_sparsity", "critic2": "critic_sparsity"},
+                 presets=PRESETS, method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make)

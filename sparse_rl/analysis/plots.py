@@ -128,13 +128,13 @@ def _json(path: Path) -> dict:
 
 
 def _method_of(config: dict) -> tuple[str, float]:
-    agent = config.get("agent", {}) or {}
-    for field in ("sparsity", "actor_sparsity", "critic_sparsity", "value_sparsity"):
-        sc = agent.get(field)
-        if isinstance(sc, dict) and "method" in sc:
-            method = sc["method"]
-            return method, (0.0 if method == "dense" else float(sc.get("sparsity", 0.0)))
-    return "dense", 0.0
+    from sparse_rl.agents import main_sparsity_of
+
+    sc = main_sparsity_of(config)
+    if sc is None or "method" not in sc:
+        return "dense", 0.0
+    method = sc["method"]
+    return method, (0.0 if method == "dense" else float(sc.get("sparsity", 0.0)))
 
 
 def load_analysis(run_dir) -> RunAnalysis | None:

@@ -57,7 +57,7 @@ class LoadedRun:
     path: Path
     run: Any            # RunConfig
     config: Any         # the agent's Config
-    module: Any
+    spec: Any           # the agent's AgentSpec
     agent: Any
     env_spec: Any
     state: Any
@@ -79,7 +79,8 @@ def load_run(run_dir, step: int | None = None) -> LoadedRun:
     (or the one at env step `step`). Raises ConfigError naming RUN_DIR when something is missing."""
     from sparse_rl import envs
     from sparse_rl.train import checkpoint as ckpt
-    from sparse_rl.train.runner import RunConfig, agent_module
+    from sparse_rl import agents
+    from sparse_rl.train.runner import RunConfig
     from sparse_rl.train.serialize import dataclass_from_dict
 
     run_dir = Path(run_dir)
@@ -89,10 +90,10 @@ def load_run(run_dir, step: int | None = None) -> LoadedRun:
     run_dict = dict(cfg.get("run", {}))
     known = {f.name for f in dataclasses.fields(RunConfig)}
     run = dataclass_from_dict(RunConfig, {k: v for k, v in run_dict.items() if k in known})
-    module = agent_module(run.agent)
-    config = dataclass_from_dict(module.Config, cfg.get("agent", {}))
+    spec = agents.spec(run.agent)
+    config = dataclass_from_dict(spec.config, cfg.get("agent", {}))
     env_spec = envs.env_spec(run.env)
-    agent = module.make(config, env_spec, run.steps)
+    agent = spec.make(config, env_spec, run.steps)
     ckpt_dir = run_dir / "checkpoints"
     if not ckpt.steps(ckpt_dir):
         raise ConfigError("RUN_DIR", f"{run_dir} has no complete checkpoint",
@@ -103,7 +104,7 @@ def load_run(run_dir, step: int | None = None) -> LoadedRun:
     except ckpt.CheckpointError as e:
         raise ConfigError("RUN_DIR", str(e)) from None
     state = jax.tree_util.tree_map(jnp.asarray, restored.tree["agent"])
-    return LoadedRun(run_dir, run, config, module, agent, env_spec, state, int(restored.step))
+    return LoadedRun(run_dir, run, config, spec, agent, env_spec, state, int(restored.step))
 
 
 # --- evaluation ----------------------------------------------------------------------------------

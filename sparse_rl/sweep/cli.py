@@ -170,14 +170,12 @@ def make_tasks(cells: list[G.Cell], states: dict[str, str], vectorize: bool,
     todo = [c for c in cells if states[c.id] in ("run", "resume")]
     if not vectorize:
         return [{"cells": [spec(c)], "vectorized": False} for c in todo]
-    from sparse_rl.train.vectorized import supports
-
     groups: OrderedDict[str, list[G.Cell]] = OrderedDict()
     tasks = []
     for c in todo:
-        # Fresh cells of a supported agent are trained together; a cell with something to resume
-        # (checkpoints of its own) runs alone, and resumes exactly, from the same file format.
-        if states[c.id] == "run" and supports(c.agent):
+        # Fresh cells are trained together; a cell with something to resume (checkpoints of its
+        # own) runs alone, and resumes exactly, from the same file format.
+        if states[c.id] == "run":
             key = f"{c.agent}/{c.env}/{c.method}" if levels and c.method in G.SPARSE_METHODS else c.group
             groups.setdefault(key, []).append(c)
         else:

@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from sparse_rl.agents import AGENTS, spec as agent_spec
 from sparse_rl.errors import ConfigError, check, check_choice
 
 SPARSE_METHODS = ("static", "prune", "set", "rigl")
@@ -67,9 +68,8 @@ class Override:
 
     @property
     def agent(self) -> str | None:
-        from sparse_rl.train.runner import AGENT_MODULES
         head = self.name.split(".", 1)[0]
-        return head if head in AGENT_MODULES and "." in self.name else None
+        return head if head in AGENTS and "." in self.name else None
 
     def tokens(self, flag_form: bool = False) -> list[str]:
         """argv tokens: `--flag v1 v2`; booleans as `--flag` / `--no-flag` when `flag_form`."""
@@ -436,11 +436,10 @@ CONFIG_IGNORE = ("out", "library_version", "run.resume", "run.progress", "run.ou
 def plan(grid: Grid, *, check_existing: bool = True, log=None) -> list[Cell]:
     """Expand and validate `grid`; returns the cells in a stable order. Raises ConfigError."""
     from sparse_rl import envs
-    from sparse_rl.train.runner import AGENT_MODULES, agent_module
 
-    check(len(grid.agents) > 0, "agents", "is empty", ", ".join(AGENT_MODULES))
+    check(len(grid.agents) > 0, "agents", "is empty", ", ".join(AGENTS))
     for a in grid.agents:
-        check_choice(a, "agents", tuple(AGENT_MODULES))
+        check_choice(a, "agents", AGENTS)
     check(len(grid.envs) > 0, "envs", "is empty", "environment ids, e.g. CartPole-v1")
     for e in grid.envs:
         envs.env_family(e)
@@ -457,7 +456,7 @@ def plan(grid: Grid, *, check_existing: bool = True, log=None) -> list[Cell]:
     _check_reserved([o.flag for o in grid.overrides], "--set")
     _check_reserved([t for t in grid.train_args if t.startswith("--")], "train flag")
     for o in grid.overrides:
-        if o.name.split(".", 1)[0] in AGENT_MODULES and "." in o.name and o.agent not in grid.agents:
+        if o.name.split(".", 1)[0] in AGENTS and "." in o.name and o.agent not in grid.agents:
             raise ConfigError("set", f"{o.source}: {o.flag} is for agent {o.agent}, which is not in the grid",
                               ", ".join(grid.agents))
 
@@ -482,7 +481,7 @@ def plan(grid: Grid, *, check_existing: bool = True, log=None) -> list[Cell]:
     made: set = set()
     matched_cache: dict[tuple, dict] = {}
     for agent in grid.agents:
-        module = agent_module(agent)
+        spec = agent_spec(agent)
         for env in grid.envs:
             if env not in specs:
                 specs[env] = envs.env_spec(env)
@@ -505,7 +504,7 @@ def plan(grid: Grid, *, check_existing: bool = True, log=None) -> list[Cell]:
                             from sparse_rl.sweep.matched import match_dense
 
                             try:
-                                matched_cache[key] = match_dense(base, sparsity, env_spec=specs[env])
+                                matched_cache[key] = match_dense(base, sparsity, env_spec=specs[env], parse=_train_parse)
                             except ConfigError as e:
                                 raise ConfigError(e.field, f"{where} (dense-matched): {_message(e)}") from None
                         info = matched_cache[key]
@@ -520,7 +519,7 @@ def plan(grid: Grid, *, check_existing: bool = True, log=None) -> list[Cell]:
                     config_key = (agent, env, run0.steps, repr(config))
                     if config_key not in made:
                         try:
-                            module.make(config, specs[env], run0.steps)
+                            spec.make(config, specs[env], run0.steps)
                         except ConfigError as e:
                             raise ConfigError(e.field, f"{where}: {_message(e)}") from None
                         made.add(config_key)

@@ -120,10 +120,10 @@ def execute_task(task: dict) -> list[dict]:
     cells = task["cells"]
     try:
         if task.get("vectorized") and len(cells) > 1:
-            from sparse_rl.train.vectorized import train_vectorized
+            from sparse_rl.train.runner import train_group
 
             parsed = [_parse_cell(c) for c in cells]
-            train_vectorized([r for r, _ in parsed], [c for _, c in parsed],
+            train_group([r for r, _ in parsed], [c for _, c in parsed],
                              summary_extra=[{"dense_matched": c["dense_matched"]} if c.get("dense_matched") else None
                                             for c in cells])
         else:

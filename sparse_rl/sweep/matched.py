@@ -24,32 +24,11 @@ from typing import Sequence
 
 from sparse_rl.errors import ConfigError
 
-# Which sparsity config of the agent applies to a network, by network name prefix.
-_FIELD_PREFIX = {"sparsity": "", "actor_sparsity": "actor", "critic_sparsity": "critic",
-                 "value_sparsity": "value"}
-
-
-def _sparsity_fields(agent: str) -> tuple[str, ...]:
-    from sparse_rl.cli import SPARSITY_FIELDS
-
-    return SPARSITY_FIELDS[agent]
-
-
-def _field_for(network: str, fields: Sequence[str]) -> str:
-    if len(fields) == 1:
-        return fields[0]
-    for field in fields:
-        prefix = _FIELD_PREFIX.get(field, field.removesuffix("_sparsity"))
-        if network.startswith(prefix):
-            return field
-    raise ConfigError("dense-matched", f"cannot tell which of {', '.join(fields)} applies to network {network!r}")
-
-
-def _shapes(module, config, env_spec, steps):
+def _shapes(spec, config, env_spec, steps):
     """{network: params (ShapeDtypeStructs)} of the agent built from `config`, nothing compiled."""
     import jax
 
-    agent = module.make(config, env_spec, steps)
+    agent = spec.make(config, env_spec, steps)
     state = jax.eval_shape(agent.init, jax.random.PRNGKey(0))
     return {name: params for name, (params, _) in agent.networks(state).items()}
 
@@ -58,25 +37,24 @@ def _size(leaf) -> int:
     return int(math.prod(leaf.shape))
 
 
-def param_count(module, config, env_spec, steps) -> int:
+def param_count(spec, config, env_spec, steps) -> int:
     """Total parameter count of the agent's networks under `config` (dense)."""
     import jax
 
-    return sum(_size(leaf) for params in _shapes(module, config, env_spec, steps).values()
+    return sum(_size(leaf) for params in _shapes(spec, config, env_spec, steps).values()
                for leaf in jax.tree_util.tree_leaves(params))
 
 
-def sparse_count(agent: str, module, config, env_spec, steps, sparsity: float) -> tuple[int, int]:
+def sparse_count(spec, config, env_spec, steps, sparsity: float) -> tuple[int, int]:
     """(non-zeros, total) of the agent's networks with every sparsity config at `sparsity`."""
     import jax
     import numpy as np
 
     from sparse_rl.sparsity import SparsityConfig, num_zeros, target_sparsities
 
-    fields = _sparsity_fields(agent)
     nonzero = total = 0
-    for name, params in _shapes(module, config, env_spec, steps).items():
-        base: SparsityConfig = getattr(config, _field_for(name, fields))
+    for name, params in _shapes(spec, config, env_spec, steps).items():
+        base: SparsityConfig = getattr(config, spec.networks[name])
         sparse_cfg = dataclasses.replace(base, method="static", sparsity=float(sparsity))
         targets = target_sparsities(params, sparse_cfg)
         for leaf, target in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(targets)):
@@ -88,29 +66,28 @@ def sparse_count(agent: str, module, config, env_spec, steps, sparsity: float) -
 
 
 def match_dense(base_argv: Sequence[str], sparsity: float, *, env_spec=None, tolerance: float = 1e-4,
-                max_iter: int = 40) -> dict:
+                max_iter: int = 40, parse=None) -> dict:
     """Width multiplier of the dense agent configured by `base_argv` (a `sparse-rl train` argv with
     `--method dense`) whose parameter count is closest to the sparse count at `sparsity`.
 
     Returns `{"width_multiplier", "params", "target_params", "sparsity", "relative_error",
     "base_width_multiplier", "base_params"}`.
     """
-    from sparse_rl import envs
-    from sparse_rl.sweep.grid import _train_parse
-    from sparse_rl.train.runner import agent_module
+    from sparse_rl import agents, envs
+    from sparse_rl.cli import build_train_args
 
-    run, config = _train_parse(list(base_argv) + ["--seed", "0"])
-    module = agent_module(run.agent)
+    run, config = (parse or build_train_args)(list(base_argv) + ["--seed", "0"])
+    agent_spec = agents.spec(run.agent)
     spec = env_spec if env_spec is not None else envs.env_spec(run.env)
     if not hasattr(config, "width_multiplier"):
         raise ConfigError("dense-matched", f"agent {run.agent}'s config has no width_multiplier")
-    target, base_params = sparse_count(run.agent, module, config, spec, run.steps, sparsity)
+    target, base_params = sparse_count(agent_spec, config, spec, run.steps, sparsity)
 
     cache: dict[float, int] = {}
 
     def count(m: float) -> int:
         if m not in cache:
-            cache[m] = param_count(module, dataclasses.replace(config, width_multiplier=m), spec, run.steps)
+            cache[m] = param_count(agent_spec, dataclasses.replace(config, width_multiplier=m), spec, run.steps)
         return cache[m]
 
     base_m = float(config.width_multiplier)

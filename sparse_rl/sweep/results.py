@@ -180,13 +180,6 @@ def _read_curve(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return steps, returns, walls
 
 
-def _sparsity_config(agent_cfg: Mapping) -> Mapping | None:
-    for field in ("sparsity", "actor_sparsity"):
-        value = agent_cfg.get(field) if isinstance(agent_cfg, Mapping) else None
-        if isinstance(value, Mapping):
-            return value
-    return None
-
 
 def _matched_sparsity(summary: Mapping, config: Mapping, cell: Mapping | None) -> float | None:
     sources = [summary.get("dense_matched"), config.get("dense_matched"), config.get("sweep"), cell]
@@ -217,7 +210,11 @@ def _record(run_dir: Path, config: Mapping, cell: Mapping | None) -> RunRecord:
         seed = _int(cell.get("seed"))
     seed = -1 if seed is None else seed
 
-    sparsity_cfg = _sparsity_config(agent_cfg) or {}
+    sparsity_cfg = {}
+    if not summary.get("method") or summary.get("target_sparsity") is None:  # else no agent import needed
+        from sparse_rl.agents import main_sparsity_of
+
+        sparsity_cfg = main_sparsity_of({"run": {"agent": agent}, "agent": agent_cfg}) or {}
     method = summary.get("method") or sparsity_cfg.get("method") or cell.get("method") or DENSE
     method = str(method).replace("_", "-")
     width = _float(agent_cfg.get("width_multiplier"))
