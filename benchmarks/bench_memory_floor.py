@@ -56,8 +56,8 @@ def ours(agent_name: str, method: str) -> dict:
     from sparse_rl import envs
     from sparse_rl.cli import build_train_args
     from sparse_rl.train.memory import release_freed_memory
-    from sparse_rl.train.offpolicy import _example_batch
-    from sparse_rl.train.onpolicy import example_rollout
+    from sparse_rl.train.offpolicy import example_batch
+    from sparse_rl.agents.base import example_rollout
 
     module = importlib.import_module(f"sparse_rl.agents.{agent_name}")
     spec = envs.env_spec(ENV)
@@ -70,9 +70,9 @@ def ours(agent_name: str, method: str) -> dict:
     release_freed_memory()
     stages.mark("init compiled and run")
     if agent_name == "ppo":
-        shapes = example_rollout(config, agent.info)
+        shapes = example_rollout(agent.loop)
     else:
-        shapes = _example_batch(spec.observation_spec, spec.action_spec, config.batch_size)
+        shapes = example_batch(spec.observation_spec, spec.action_spec, config.batch_size)
     batch = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     for topology in (True, False):
         state, _ = agent.update(state, batch, jax.random.PRNGKey(1), topology=topology)

@@ -51,14 +51,14 @@ def update_case(agent_name: str, env_id: str) -> dict:
 
     from sparse_rl import envs
     from sparse_rl.cli import build_train_args
-    from sparse_rl.train.offpolicy import _example_batch
+    from sparse_rl.train.offpolicy import example_batch
 
     module = importlib.import_module(f"sparse_rl.agents.{agent_name}")
     spec = envs.env_spec(env_id)
     run, config = build_train_args(["--agent", agent_name, "--env", env_id, "--method", "dense"])
     agent = module.make(config, spec, run.steps)
     state = agent.init(jax.random.PRNGKey(0))
-    shapes = _example_batch(spec.observation_spec, spec.action_spec, config.batch_size)
+    shapes = example_batch(spec.observation_spec, spec.action_spec, config.batch_size)
     batch = jax.tree_util.tree_map(lambda s: jax.numpy.zeros(s.shape, s.dtype), shapes)
     key = jax.random.PRNGKey(1)
     update = jax.jit(lambda s, b, k: agent.update(s, b, k, topology=False))

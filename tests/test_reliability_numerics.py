@@ -40,7 +40,7 @@ def context(tmp_path_factory):
     """A RunContext of a tiny DQN with an initialised state (no training)."""
     from sparse_rl import envs
     from sparse_rl.agents import dqn
-    from sparse_rl.train.runner import RunConfig, RunContext
+    from sparse_rl.train.context import RunConfig, RunContext
     from sparse_rl.train.rundir import RunDir
 
     out = tmp_path_factory.mktemp("numerics") / "run"
@@ -48,7 +48,7 @@ def context(tmp_path_factory):
     config = dqn.Config(widths=(8, 8), batch_size=4, replay_capacity=16)
     agent = dqn.make(config, envs.env_spec("CartPole-v1"), run.steps)
     rundir = RunDir(out)
-    ctx = RunContext(run, config, rundir, envs.env_spec("CartPole-v1"), agent, dqn)
+    ctx = RunContext(run, config, rundir, envs.env_spec("CartPole-v1"), agent, dqn.SPEC)
     ctx.open_metrics(["loss", "grad_norm", "q_mean"], None)
     state = agent.init(jax.random.PRNGKey(0))
     yield ctx, state

@@ -102,7 +102,7 @@ def test_defaults_follow_the_paper():
     assert (c.critic_sparsity.update_every, c.critic_sparsity.drop_fraction) == (1000, 0.5)
     assert (c.schedule_start_fraction, c.schedule_end_fraction) == (0.2, 0.8)
     assert sac.default_preset("mujoco") == sac.default_preset("classic") == "mujoco"
-    assert sac.LOOP == "offpolicy"
+    assert sac.SPEC.loop == "offpolicy" and sac.SPEC.sparsity_fields == ("actor_sparsity", "critic_sparsity")
     assert sac.method_defaults("set") == dict(update_every=250, drop_fraction=0.3)
     assert sac.method_defaults("prune") == dict(update_every=1000)
     assert sac.default_learning_starts("HalfCheetah-v5") == sac.default_learning_starts("Ant-v5") == 10_000

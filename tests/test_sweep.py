@@ -190,7 +190,7 @@ def test_dense_matched_count_matches_sparse_network():
     from sparse_rl.cli import build_train_args
     from sparse_rl.sparsity import sparsity_summary
     from sparse_rl.sweep.matched import match_dense
-    from sparse_rl.train.runner import agent_module
+    from sparse_rl import agents
 
     base = ["--agent", "dqn", "--env", "CartPole-v1", "--dqn.widths", "64", "64"]
     for sparsity in (0.5, 0.9):
@@ -198,7 +198,7 @@ def test_dense_matched_count_matches_sparse_network():
         assert abs(info["params"] - info["target_params"]) / info["target_params"] < 0.03
         assert info["width_multiplier"] < 1.0
         run, config = build_train_args(base + ["--method", "static", "--sparsity", str(sparsity)])
-        agent = agent_module("dqn").make(config, envs.env_spec("CartPole-v1"), run.steps)
+        agent = agents.spec("dqn").make(config, envs.env_spec("CartPole-v1"), run.steps)
         params, masks = agent.networks(agent.init(jax.random.PRNGKey(0)))["q"]
         assert sparsity_summary(params, masks)["nonzero"] == info["target_params"]
 
@@ -305,7 +305,7 @@ def test_vectorized_sac_equals_separate_runs(tmp_path):
     """SAC (continuous actions, three networks) through the same vectorised loop."""
     from sparse_rl.cli import build_train_args
     from sparse_rl.train.runner import train
-    from sparse_rl.train.vectorized import train_vectorized
+    from sparse_rl.train.runner import train_group
 
     base = ["--agent", "sac", "--env", "Pendulum-v1", "--steps", "300", "--sac.actor-widths", "16", "16",
             "--sac.critic-widths", "16", "16", "--eval-every", "150", "--sac.learning-starts", "100",
@@ -316,7 +316,7 @@ def test_vectorized_sac_equals_separate_runs(tmp_path):
         run, config = build_train_args(base + ["--seed", str(seed), "--out", str(tmp_path / f"vec{seed}")])
         runs.append(run)
         configs.append(config)
-    train_vectorized(runs, configs)
+    train_group(runs, configs)
     for seed in (0, 1):
         run, config = build_train_args(base + ["--seed", str(seed), "--out", str(tmp_path / f"sep{seed}")])
         train(run, config)

@@ -62,7 +62,7 @@ def test_static_has_no_mask_update_calendar():
 
 def test_ppo_calendar_switch_equals_always_branching():
     from sparse_rl.agents import ppo
-    from sparse_rl.train.onpolicy import example_rollout
+    from sparse_rl.agents.base import example_rollout
 
     run, config = build_train_args([
         "--agent", "ppo", "--env", "CartPole-v1", "--method", "rigl", "--sparsity", "0.8", "--update-every", "20",
@@ -80,7 +80,7 @@ def test_ppo_calendar_switch_equals_always_branching():
             return rng.integers(0, 2, x.shape).astype(x.dtype)
         return rng.standard_normal(x.shape).astype(x.dtype)
 
-    shapes = example_rollout(config, agent.info)
+    shapes = example_rollout(agent.loop)
     a = agent.init(jax.random.PRNGKey(0))
     b = jax.tree.map(lambda x: x.copy(), a)
     used = set()

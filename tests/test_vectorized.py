@@ -1,6 +1,6 @@
-"""Vectorised runs (`sparse_rl.train.vectorized`, `vectorized_onpolicy`): several seeds in one
-process give the separate runs' results, whatever the state chunking and dispatch threads; a
-vectorised PPO run's checkpoint resumes alone; how the sweep splits groups among workers.
+"""Vectorised runs (`sparse_rl.train.runner.train_group`, the loops over groups of N runs): several
+seeds in one process give the separate runs' results, whatever the state chunking and dispatch
+threads; a vectorised PPO run's checkpoint resumes alone, an interrupted DQN group resumes as a group; how the sweep splits groups among workers.
 Runs are tiny (16-unit networks, a few hundred steps), with training-time analysis on."""
 
 import json
@@ -12,8 +12,8 @@ from sparse_rl.cli import build_train_args
 from sparse_rl.sweep import cli as sweep_cli
 from sparse_rl.sweep import grid as G
 from sparse_rl.train.metrics import read_metrics
-from sparse_rl.train.runner import train
-from sparse_rl.train.vectorized import chunk_sizes, supports, train_vectorized
+from sparse_rl.train.chunks import chunk_sizes
+from sparse_rl.train.runner import train, train_group
 
 TIMING = ("wall_time", "sps")
 DQN = ["--agent", "dqn", "--env", "CartPole-v1", "--steps", "200", "--eval-every", "100", "--eval-episodes", "2",
@@ -64,7 +64,7 @@ def test_offpolicy_chunks_and_threads_equal_separate_runs(tmp_path):
     """DQN, 3 seeds in 2 chunks (2 + 1 runs, so two compiled sizes) dispatched from 2 threads, with
     mask updates every 20 gradient steps (both update programs): the separate runs' results."""
     runs, configs = zip(*(_args(DQN, s, tmp_path / f"vec{s}") for s in range(3)))
-    train_vectorized(runs, configs, chunk=2, threads=2)
+    train_group(runs, configs, chunk=2, threads=2)
     for s in range(3):
         train(*_args(DQN, s, tmp_path / f"sep{s}"))
         vec, _ = _same_run(tmp_path / f"vec{s}", tmp_path / f"sep{s}")
@@ -74,9 +74,8 @@ def test_offpolicy_chunks_and_threads_equal_separate_runs(tmp_path):
 def test_ppo_vectorized_equals_separate_runs_and_resumes_alone(tmp_path):
     """PPO seeds vmapped (one env vector per seed) give the separate runs' results; a vectorised
     run's checkpoint is resumed by an ordinary `train --resume` to the same end."""
-    assert supports("ppo")
     runs, configs = zip(*(_args(PPO, s, tmp_path / f"vec{s}") for s in (0, 1)))
-    train_vectorized(runs, configs)
+    train_group(runs, configs)
     for s in (0, 1):
         train(*_args(PPO, s, tmp_path / f"sep{s}"))
         vec, sep = _same_run(tmp_path / f"vec{s}", tmp_path / f"sep{s}")
@@ -96,6 +95,32 @@ def test_ppo_vectorized_equals_separate_runs_and_resumes_alone(tmp_path):
 
     train(dataclasses.replace(run, resume=True), config)
     _same_run(part, tmp_path / "sep1")
+
+
+def test_offpolicy_group_resumes_from_its_checkpoints(tmp_path):
+    """A DQN group interrupted after its step-100 checkpoints resumes as a group to the separate
+    runs' results; a group whose runs stopped at different steps is refused."""
+    import dataclasses
+
+    from sparse_rl.errors import ConfigError
+
+    runs, configs = zip(*(_args(DQN, s, tmp_path / f"vec{s}") for s in (0, 1)))
+    train_group(runs, configs)
+    for s in (0, 1):
+        part = tmp_path / f"vec{s}"
+        (part / "COMPLETE").unlink()
+        for f in (part / "checkpoints").glob(f"ckpt_{200:012d}*"):
+            f.unlink()
+    train_group([dataclasses.replace(r, resume=True) for r in runs], configs)
+    for s in (0, 1):
+        train(*_args(DQN, s, tmp_path / f"sep{s}"))
+        _same_run(tmp_path / f"vec{s}", tmp_path / f"sep{s}")
+    for f in (tmp_path / "vec0" / "checkpoints").glob(f"ckpt_{200:012d}*"):
+        f.unlink()
+    (tmp_path / "vec0" / "COMPLETE").unlink()
+    (tmp_path / "vec1" / "COMPLETE").unlink()
+    with pytest.raises(ConfigError, match="at one step"):
+        train_group([dataclasses.replace(r, resume=True) for r in runs], configs)
 
 
 def test_chunk_sizes_and_sweep_split():
@@ -141,22 +166,20 @@ def test_vmapped_update_keeps_its_conds(argv):
     mask-update branch) stays a `cond` under vmap: no extra `select_n` computing both branches."""
     import jax
 
-    from sparse_rl import envs
-    from sparse_rl.train.onpolicy import example_rollout
-    from sparse_rl.train.runner import agent_module
-    from sparse_rl.train.vectorized import StateChunks, _example_batch, init_states
+    from sparse_rl import agents, envs
+    from sparse_rl.agents.base import example_rollout
+    from sparse_rl.train.chunks import StateChunks, init_states
+    from sparse_rl.train.offpolicy import example_batch
 
-    assert supports(argv[1])
     run, config = build_train_args([*argv, "--method", "rigl"])
-    module, spec = agent_module(run.agent), envs.env_spec(run.env)
-    agent = module.make(config, spec, 10_000)
+    spec = envs.env_spec(run.env)
+    agent = agents.spec(run.agent).make(config, spec, 10_000)
     keys = np.stack([jax.random.split(jax.random.PRNGKey(s), 3) for s in range(4)])
     chunks = StateChunks.for_runs(init_states([agent] * 4, keys[:, 0]), chunk=4)
     if run.agent == "ppo":
-        batch = example_rollout(config, agent.info)
+        batch = example_rollout(agent.loop)
     else:
-        size = module.sample_size(config) if hasattr(module, "sample_size") else config.batch_size
-        batch = _example_batch(None, envs.make_env(run.env, 0).observation_spec(), spec.action_spec, size)
+        batch = example_batch(envs.make_env(run.env, 0).observation_spec(), spec.action_spec, agent.loop.sample_size)
     batches = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((4, *x.shape), x.dtype), batch)
 
     def update(state, batch, key):
