@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from sparse_rl.analysis import gradient_flow as gf
+from sparse_rl.train import recorder
 from sparse_rl.analysis import topology as topo
 from sparse_rl.sparsity import (SparsityConfig, apply_masks, get_masks, is_update_step, leaf_paths,
                                 sparsify)
@@ -44,7 +45,7 @@ def random_masks(params, seed, density=0.5):
 @pytest.fixture(autouse=True)
 def raise_recorder_errors(monkeypatch):
     """The recorder turns errors into a warning during training; tests want to see them."""
-    from sparse_rl.analysis.gradient_flow import GradientFlowRecorder
+    from sparse_rl.train.recorder import GradientFlowRecorder
 
     monkeypatch.setattr(GradientFlowRecorder, "raise_errors", True)
 
@@ -327,7 +328,7 @@ def test_recorder_writes_rows_and_resumes(tmp_path, dqn_agent):
 
     agent = dqn_agent
     state = agent.init(jax.random.PRNGKey(0))
-    rec = gf.make_recorder(agent, state, tmp_path, every=20, snr_every=2)
+    rec = recorder.make_recorder(agent, state, tmp_path, every=20, snr_every=2)
     state = drive(agent, rec, state, 45)
     meta = rec.close(loop_seconds=10.0)
     assert meta["records"] == {"periodic": 2, "snr": 1, "topology": 4}  # updates at 0, 10, 20, 30
@@ -354,7 +355,7 @@ def test_recorder_writes_rows_and_resumes(tmp_path, dqn_agent):
     np.testing.assert_allclose(m["topo/q/total/sparsity"][topology], 0.8, atol=0.02)
 
     # resume from "step 25": later rows are dropped, init params and ever-active are read back
-    rec2 = gf.make_recorder(agent, state, tmp_path, every=20, snr_every=2, resume_step=25)
+    rec2 = recorder.make_recorder(agent, state, tmp_path, every=20, snr_every=2, resume_step=25)
     assert rec2.grad_step == 45
     np.testing.assert_array_equal(rec2.init_params["q"]["q_head/~/linear"]["w"],
                                   rec.init_params["q"]["q_head/~/linear"]["w"])
@@ -367,8 +368,8 @@ def test_recorder_writes_rows_and_resumes(tmp_path, dqn_agent):
 
 def test_recorder_off_without_hook_or_interval(tmp_path, dqn_agent):
     state = dqn_agent.init(jax.random.PRNGKey(0))
-    assert gf.make_recorder(dqn_agent, state, tmp_path, every=0) is None
-    assert gf.make_recorder(dqn_agent._replace(analysis=None), state, tmp_path, every=10) is None
+    assert recorder.make_recorder(dqn_agent, state, tmp_path, every=0) is None
+    assert recorder.make_recorder(dqn_agent._replace(analysis=None), state, tmp_path, every=10) is None
 
 
 # --- per-component tables (training-time sensitivity sweeps) -------------------------------------
@@ -415,9 +416,9 @@ def test_observation_noise_keeps_integer_dtype():
 
 
 def test_recorder_error_stops_recording_not_training(tmp_path, dqn_agent, monkeypatch):
-    monkeypatch.setattr(gf.GradientFlowRecorder, "raise_errors", False)
+    monkeypatch.setattr(recorder.GradientFlowRecorder, "raise_errors", False)
     state = dqn_agent.init(jax.random.PRNGKey(0))
-    rec = gf.make_recorder(dqn_agent, state, tmp_path, every=5)
+    rec = recorder.make_recorder(dqn_agent, state, tmp_path, every=5)
     monkeypatch.setattr(rec, "_periodic_stats", lambda *a: 1 / 0)
     with pytest.warns(RuntimeWarning, match="analysis recording stopped: ZeroDivisionError"):
         drive(dqn_agent, rec, state, 12)
@@ -432,18 +433,18 @@ def test_recorder_resumes_exactly_after_a_kill(tmp_path, dqn_agent):
     agent = dqn_agent
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     ref.mkdir(), killed.mkdir()
-    rec = gf.make_recorder(agent, agent.init(jax.random.PRNGKey(0)), ref, every=20, snr_every=2)
+    rec = recorder.make_recorder(agent, agent.init(jax.random.PRNGKey(0)), ref, every=20, snr_every=2)
     drive(agent, rec, agent.init(jax.random.PRNGKey(0)), 45)
     rec.close()
 
     state = agent.init(jax.random.PRNGKey(0))
-    rec = gf.make_recorder(agent, state, killed, every=20, snr_every=2)
+    rec = recorder.make_recorder(agent, state, killed, every=20, snr_every=2)
     state = drive(agent, rec, state, 5)
     checkpoint = jax.device_get(state)                   # "checkpoint" at env step 5
     drive(agent, rec, state, 20, start=5)                # lost to the kill: mask updates at 11, 21
     rec.writer.close()
     state = jax.tree_util.tree_map(jnp.asarray, checkpoint)
-    rec = gf.make_recorder(agent, state, killed, every=20, snr_every=2, resume_step=5)
+    rec = recorder.make_recorder(agent, state, killed, every=20, snr_every=2, resume_step=5)
     drive(agent, rec, state, 40, start=5)
     rec.close()
     rows = lambda d: list(csv.DictReader(open(d / "analysis.csv")))  # noqa: E731

@@ -20,7 +20,7 @@ def run_dir(tmp_path_factory):
             "--dqn.learning-starts", "100", "--dqn.batch-size", "32", "--eval-every", "300",
             "--eval-episodes", "2", "--log-every", "300", "--method", "rigl", "--sparsity", "0.8",
             "--update-every", "100", "--analysis-every", "100", "--analysis-snr-every", "3"]
-    from sparse_rl.analysis.gradient_flow import GradientFlowRecorder
+    from sparse_rl.train.recorder import GradientFlowRecorder
 
     with pytest.MonkeyPatch.context() as mp:  # see recorder errors instead of a warning
         mp.setattr(GradientFlowRecorder, "raise_errors", True)

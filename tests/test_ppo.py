@@ -363,7 +363,7 @@ ANALYSIS = (*methods("prune", "prune"), "--ppo.actor-sparsity.sparsity", "0.8",
 
 @pytest.fixture(scope="module")
 def analysis_run(tmp_path_factory):
-    from sparse_rl.analysis.gradient_flow import GradientFlowRecorder
+    from sparse_rl.train.recorder import GradientFlowRecorder
 
     with pytest.MonkeyPatch.context() as mp:  # see recorder errors instead of a warning
         mp.setattr(GradientFlowRecorder, "raise_errors", True)

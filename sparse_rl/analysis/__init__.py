@@ -1,9 +1,10 @@
 """Analyses of sparse agents: gradient flow, topology dynamics, sensitivity, and their plots.
 
 - `gradient_flow`: per-layer norms of dense / masked gradients, weights and distance from
-  initialisation, gradient SNR from per-sample gradients, the effect of mask updates; the
-  `GradientFlowRecorder` the env loops use to write `<run>/analysis.csv` every
-  `RunConfig.analysis_every` gradient steps; `AnalysisHook`, what an agent exposes for it.
+  initialisation, gradient SNR from per-sample gradients, the effect of mask updates (pure
+  functions); `AnalysisHook`, what an agent exposes for them. The recorder the env loops use to
+  write `<run>/analysis.csv` every `RunConfig.analysis_every` gradient steps is
+  `sparse_rl.train.recorder`.
 - `topology`: churn, positions ever active, tau-dormant neurons, fan-in / dead units.
 - `sensitivity`: post-hoc per-layer pruning and observation-noise robustness of a checkpoint;
   per-component tables of training-time sweeps.

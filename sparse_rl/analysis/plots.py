@@ -2,7 +2,7 @@
 
 Every function writes PNG and PDF files into `out_dir` and returns their paths. Runs are read from
 their directories (`load_analysis`): `analysis.csv` (written during training by
-`gradient_flow.GradientFlowRecorder`) plus `config.json` / `summary.json` for the labels. Runs that
+`sparse_rl.train.recorder.GradientFlowRecorder`) plus `config.json` / `summary.json` for the labels. Runs that
 differ only by seed form a group, drawn as the mean over seeds with a min-max band.
 """
 
@@ -139,7 +139,7 @@ def _method_of(config: dict) -> tuple[str, float]:
 
 def load_analysis(run_dir) -> RunAnalysis | None:
     """The run's analysis (None when it has no analysis.csv)."""
-    from sparse_rl.analysis.gradient_flow import ANALYSIS_FILE
+    from sparse_rl.train.rundir import ANALYSIS as ANALYSIS_FILE
     from sparse_rl.train.metrics import read_metrics
 
     run_dir = Path(run_dir)

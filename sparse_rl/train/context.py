@@ -116,10 +116,10 @@ class RunContext:
     # --- metrics -------------------------------------------------------------------------
     def open_metrics(self, extra_columns, resume_step: int | None):
         columns = list(BASE_COLUMNS) + [c for c in extra_columns if c not in BASE_COLUMNS]
-        self.metrics = MetricsWriter(self.rundir.path / "metrics.csv", columns)
+        self.metrics = MetricsWriter(self.rundir.metrics_path, columns)
         self.metrics.truncate_after(-1 if resume_step is None else resume_step)
         if self.run.tensorboard:
-            self.tensorboard = TensorBoardWriter(self.rundir.path / "tb", truncate_after=resume_step)
+            self.tensorboard = TensorBoardWriter(self.rundir.tensorboard_dir, truncate_after=resume_step)
         return columns
 
     def wall_time(self) -> float:
@@ -180,7 +180,7 @@ class RunContext:
     # --- checkpoints ---------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.rundir.path / "checkpoints"
+        return self.rundir.checkpoint_dir
 
     def save_checkpoint(self, step: int, tree, extra_arrays: dict, counters: dict, state=None):
         manifest = {
@@ -272,7 +272,7 @@ class RunContext:
             "device": str(jax.devices()[0].platform),
         }
         summary.update(extra or {})
-        write_json_atomic(self.rundir.path / "summary.json", summary)
+        write_json_atomic(self.rundir.summary_path, summary)
         return summary
 
     def close(self):

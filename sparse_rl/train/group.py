@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_rl import envs
-from sparse_rl.analysis.gradient_flow import make_recorder
 from sparse_rl.errors import ConfigError
 from sparse_rl.sparsity import mask_update_due
 from sparse_rl.train.chunks import StateChunks, check_one_program, init_states
 from sparse_rl.train.context import RunConfig, RunContext, timed_compile
+from sparse_rl.train.recorder import make_recorder
 from sparse_rl.train.serialize import config_diff
 
 # Run fields that may differ between the runs of one group.

@@ -8,6 +8,8 @@ runs/NAME/
   summary.json    final results (written atomically)
   checkpoints/    see checkpoint.py
   tb/             optional TensorBoard event files (`--tensorboard`)
+  analysis.csv    training-time analysis rows, with analysis.json, init_params.npz and
+                  ever_active.npz (see sparse_rl.train.recorder)
   FAILED          the error message of a run that stopped on an error
   COMPLETE        written last, atomically, by `mark_complete()`
 ```
@@ -39,6 +41,11 @@ TENSORBOARD = "tb"
 COMPLETE = "COMPLETE"
 FAILED = "FAILED"
 LOCK = "run.lock"
+# Written by the training-time analysis recorder (sparse_rl.train.recorder).
+ANALYSIS = "analysis.csv"
+ANALYSIS_META = "analysis.json"
+INIT_PARAMS = "init_params.npz"
+EVER_ACTIVE = "ever_active.npz"
 
 Status = Literal["complete", "failed", "incomplete", "absent"]
 
