@@ -24,7 +24,7 @@ categorical head. Image observations (uint8) go through a CNN torso (`network="n
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import haiku as hk
 import jax

@@ -6,7 +6,6 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
@@ -19,7 +18,6 @@ from sparse_rl.train import checkpoint as ckpt
 from sparse_rl.train.metrics import MetricsWriter, TensorBoardWriter
 from sparse_rl.train.progress import Progress
 from sparse_rl.train.faults import first_nonfinite, kill_point
-from sparse_rl.train.memory import release_freed_memory
 from sparse_rl.train.rundir import RunDir, write_json_atomic
 from sparse_rl.train.serialize import config_hash, to_jsonable
 
@@ -305,13 +303,3 @@ def join_state(arrays: dict, values: dict, prefix: str) -> dict:
     state = dict(values)
     state.update({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
     return state
-
-
-def timed_compile(ctx: RunContext, fn: Callable, *args, **kwargs):
-    """Call a jitted function once, adding its compile time to the run's compile seconds."""
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    jax.block_until_ready(out)
-    release_freed_memory()  # the compiler's working memory, so that compilations do not stack up
-    ctx.compile_seconds += time.perf_counter() - start
-    return out

@@ -21,7 +21,7 @@ from sparse_rl import envs
 from sparse_rl.errors import ConfigError
 from sparse_rl.sparsity import mask_update_due
 from sparse_rl.train.chunks import StateChunks, check_one_program, init_states
-from sparse_rl.train.context import RunConfig, RunContext, timed_compile
+from sparse_rl.train.context import RunConfig, RunContext
 from sparse_rl.train.recorder import make_recorder
 from sparse_rl.train.serialize import config_diff
 
@@ -110,24 +110,18 @@ class Start:
 
 
 class ScheduledUpdate:
-    """An agent's update, called with or without its mask-update branch as the mask-update
-    calendar says (`topology=True` only for calls in which a mask update is due; always for agents
-    without a calendar). Gradient steps are counted on the host, so choosing the program never
-    reads the device. With a `ctx`, the first call of each program is counted as its compile time;
-    without one, `fn` times its own compilation (a `StateChunks.updater`)."""
+    """An agent's update (a `StateChunks.updater`, which times each program's compilation), called
+    with or without its mask-update branch as the mask-update calendar says (`topology=True` only
+    for calls in which a mask update is due; always for agents without a calendar). Gradient steps
+    are counted on the host, so choosing the program never reads the device."""
 
-    def __init__(self, ctx: RunContext | None, fn: Callable, calendar, per_call: int, grad_steps: int = 0):
-        self.ctx, self.fn, self.calendar = ctx, fn, calendar
+    def __init__(self, fn: Callable, calendar, per_call: int, grad_steps: int = 0):
+        self.fn, self.calendar = fn, calendar
         self.per_call, self.grad_steps = int(per_call), int(grad_steps)
-        self._compiled: set[bool] = set()
 
     def __call__(self, *args):
         topology = self.calendar is None or mask_update_due(self.calendar, self.grad_steps, self.per_call)
-        if self.ctx is None or topology in self._compiled:
-            out = self.fn(*args, topology=topology)
-        else:
-            out = timed_compile(self.ctx, self.fn, *args, topology=topology)
-            self._compiled.add(topology)
+        out = self.fn(*args, topology=topology)
         self.grad_steps += self.per_call
         return out
 

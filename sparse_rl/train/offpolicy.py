@@ -110,7 +110,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
         lambda state, obs, key, t: agent.act(state, obs, jax.random.fold_in(key, t), 0, evaluation=True))
     # Two programs for prune/SET/RigL: calls in which no mask update is due run one without the
     # mask-update branch (`topology=False`), which is what most calls are.
-    update_all = ScheduledUpdate(None, chunks.updater(
+    update_all = ScheduledUpdate(chunks.updater(
         lambda state, batch, key, step, topology: agent.update(state, batch, jax.random.fold_in(key, step),
                                                                 topology=topology)),
         update_calendar(agents), per_call=needs.gradient_steps, grad_steps=start.gradient_steps)

@@ -119,7 +119,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
         lambda s, o, k, t: agent.act(s, o, jax.random.fold_in(k, t), 0, evaluation=True), view=view)
     # Updates with no mask update among their minibatch steps run a program without the
     # mask-update branch.
-    update_all = ScheduledUpdate(None, chunks.updater(lambda s, rollout, k, iteration, topology: agent.update(
+    update_all = ScheduledUpdate(chunks.updater(lambda s, rollout, k, iteration, topology: agent.update(
         s, rollout, jax.random.fold_in(k, iteration), topology=topology)),
         update_calendar(agents), per_call=needs.gradient_steps, grad_steps=start.gradient_steps)
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sparse_rl.analysis.gradient_flow import (AnalysisHook, chunked_snr_values, flatten_stats, gradient_flow_stats,
