@@ -8,12 +8,14 @@ values as defaults, so `--help` shows the defaults that will actually be used.
 import argparse
 import dataclasses
 import importlib
+import signal
 import sys
+import threading
 from typing import Annotated
 
 import tyro
 
-from sparse_rl.errors import ConfigError, NumericalError, check_choice, through_parser
+from sparse_rl.errors import check_choice, exit_status, one_line, through_parser
 
 COMMANDS = {
     "train": "sparse_rl.cli:train_main",
@@ -156,6 +158,7 @@ def train_main(argv=None) -> int:
 
 
 def main(argv=None) -> int:
+    console = argv is None  # the `sparse-rl` process itself, not a caller in Python
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         if not argv:
@@ -168,18 +171,44 @@ def main(argv=None) -> int:
         print(f"error: command: unknown command {command!r} (allowed: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     module_name, function = COMMANDS[command].split(":")
+    handlers = _interrupt_on_sigterm()
     try:
         entry = getattr(importlib.import_module(module_name), function)
         return int(entry(rest) or 0)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except NumericalError as error:  # issue 7: a diverged run is not a usage error -> status 1
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except Exception as error:  # issues 7, 16: one line and a status for what a user can meet
+        status = exit_status(error)
+        if status is None:
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return status
     except KeyboardInterrupt:
         print("interrupted: the run can be continued with --resume", file=sys.stderr)
         return 130
+    finally:
+        _restore_signals(handlers, finished=console)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM interrupts like Ctrl-C (issue 16): runs stay resumable and a sweep records its cells
+    as interrupted instead of leaving them "pending". Returns the handlers to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return {sig: signal.signal(sig, handler) for sig, handler in
+            ((signal.SIGTERM, _raise_interrupt), (signal.SIGINT, signal.getsignal(signal.SIGINT)))}
+
+
+def _restore_signals(handlers, finished: bool) -> None:
+    """Put the signal handlers back; in the `sparse-rl` process itself (`finished`), ignore
+    SIGINT and SIGTERM instead: a signal landing after the command has finished must not replace
+    its exit status (and message) with a bare 130."""
+    if handlers is None:
+        return
+    for sig, handler in handlers.items():
+        signal.signal(sig, signal.SIG_IGN if finished else handler)
 
 
 if __name__ == "__main__":

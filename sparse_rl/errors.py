@@ -152,6 +152,75 @@ class NumericalError(RuntimeError):
         super().__init__(message)
 
 
+class RunFileError(RuntimeError):
+    """A file of a run or sweep directory is missing, corrupt, inconsistent with what a checkpoint
+    recorded, or cannot be written (disk full, permissions).
+
+    The message is one line naming the file and what to do. Not a `ConfigError`: the command line
+    was valid; `exit_status` says how the CLI exits (1: the run could not go on; 2 where the user's
+    request itself cannot be met, e.g. a checkpoint of other settings). A run stopped by this error
+    is left as it was (resumable, not FAILED)."""
+
+    exit_status = 1
+
+
+def file_error(path, problem: str, todo: str) -> RunFileError:
+    """`RunFileError("<path>: <problem>; <todo>")`."""
+    return RunFileError(f"{path}: {problem}; {todo}")
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for an OSError of a file operation: the file, the reason, what to do."""
+    import errno
+
+    where = error.filename if error.filename is not None else "a file"
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = "free disk space, then continue with --resume"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        todo = "make it writable (or choose another directory), then continue with --resume"
+    else:
+        todo = "fix the file or directory, then continue with --resume"
+    return f"{where}: {reason}; {todo}"
+
+
+def locate(error: BaseException, path) -> BaseException:
+    """`error`, naming `path` when it is an OSError that names no file (a write into an open file
+    on a full disk), so that its one-line message says where."""
+    if isinstance(error, OSError) and error.filename is None:
+        error.filename = str(path)
+    return error
+
+
+def exit_status(error: BaseException) -> int | None:
+    """The CLI's exit status for an error a user can cause or meet: 2 for bad input
+    (`ConfigError`), 1 for a run that could not go on (`NumericalError`, `RunFileError`, an
+    `OSError` such as a full disk); None for anything else (a bug: its traceback is shown)."""
+    if isinstance(error, ConfigError):
+        return 2
+    if isinstance(error, RunFileError):
+        return int(error.exit_status)
+    if isinstance(error, (NumericalError, OSError, MemoryError)):
+        return 1
+    return None
+
+
+def one_line(error: BaseException) -> str:
+    """The one-line message the CLI prints for an error with an `exit_status`."""
+    if isinstance(error, OSError) and not isinstance(error, RunFileError):
+        return os_error_message(error)
+    if isinstance(error, MemoryError):
+        return "out of memory; use fewer steps, a smaller replay buffer or smaller networks"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def leaves_run_resumable(error: BaseException) -> bool:
+    """Whether a run stopped by `error` is left as it was rather than marked FAILED: bad input,
+    a refused resume, a missing or corrupt file, a full disk. Only a diverged run and unexpected
+    errors (bugs) mark a run FAILED; a sweep then skips it until `--retry-failed`."""
+    return isinstance(error, (ConfigError, RunFileError, OSError, MemoryError))
+
+
 # --- type checks of config dataclasses --------------------------------------------------------
 
 def _short(value) -> str:

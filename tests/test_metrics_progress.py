@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparse_rl.errors import RunFileError
 from sparse_rl.train import MetricsWriter, Progress, TensorBoardWriter, format_eta, read_metrics
 
 FIELDS = ["step", "wall_time", "train_return", "eval_return", "loss", "note"]
@@ -84,7 +85,7 @@ def test_header_checks(tmp_path):
     with pytest.raises(ValueError, match="step field 'step'"):
         MetricsWriter(path, ["x"])
     MetricsWriter(path, ["step", "x"]).close()
-    with pytest.raises(ValueError, match="header .* differs"):
+    with pytest.raises(RunFileError, match="header .* differs"):
         MetricsWriter(path, ["step", "y"])
     path.write_text("step,")              # header cut short by a crash: rewritten
     MetricsWriter(path, ["step", "x"]).close()

@@ -57,6 +57,7 @@ def base_sweep(tmp_path_factory):
     broken = out / BROKEN
     broken.mkdir(parents=True)
     (broken / "config.json").write_text("{not json")
+    (out / "sweep.lock").touch()  # a sweep directory, as a sweep leaves it (issue 16: others are refused)
     argv = [*GRID, *TRAIN, "--out", str(out)]
     rc = _sweep(*argv)
     return out, argv, rc

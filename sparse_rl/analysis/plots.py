@@ -16,7 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
+from sparse_rl.errors import RunFileError
 from sparse_rl.sweep.plots import steps_formatter
+from sparse_rl.train.rundir import read_json_checked
 
 __all__ = ["RunAnalysis", "load_analysis", "plot_gradient_flow", "plot_topology",
            "plot_sensitivity", "plot_robustness", "plot_components", "FORMATS"]
@@ -147,7 +149,10 @@ def load_analysis(run_dir) -> RunAnalysis | None:
     if not file.is_file():
         return None
     config = _json(run_dir / "config.json")
-    summary = _json(run_dir / "summary.json")
+    try:  # issue 16: labels only from a summary that passes its checksum, else from config.json
+        summary = read_json_checked(run_dir / "summary.json")
+    except RunFileError:
+        summary = {}
     run = config.get("run", {}) or {}
     method, sparsity = _method_of(config)
     method = summary.get("method", method)

@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparse_rl.errors import ConfigError, check, check_choice
+from sparse_rl.errors import ConfigError, RunFileError, check, check_choice
+from sparse_rl.train.rundir import read_json_checked
 
 __all__ = ["LoadedRun", "load_run", "evaluate", "prune_targets", "prune_state",
            "layer_sensitivity", "noise_robustness", "write_table", "component_table",
@@ -387,8 +388,8 @@ def component_table(roots: Sequence, threshold: float = 0.01) -> list[dict]:
             if not file.is_file():
                 continue
             try:
-                s = json.loads(file.read_text())
-            except ValueError:
+                s = read_json_checked(file)
+            except RunFileError:  # issue 16: an unreadable or changed summary is left out
                 continue
             kernels = {}
             for net, v in (s.get("networks") or {}).items():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -19,14 +18,16 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from sparse_rl.errors import ConfigError, check, check_choice
+from sparse_rl.errors import ConfigError, RunFileError, check, check_choice
 from sparse_rl.sweep import grid as G
 
 BACKENDS = ("local", "ray")
+# Files sparse_rl writes first into a sweep directory of its own (see rundir.check_owned).
+SWEEP_MARKS = ("sweep.json", "sweep.lock")
 OPTION_DEFAULTS = {"workers": None, "backend": "local", "ray_address": None, "cpus_per_run": None,
                    "retry_failed": False, "vectorize_seeds": False, "vectorize_sparsities": False,
                    "dry_run": False, "progress": None,
-                   "compile_cache": True}
+                   "compile_cache": True, "large_grid": False}
 
 EPILOG = """\
 Cells are run directories <out>/<agent>/<env>/<level>/seed<k>, <level> = dense | <method>-<sparsity>
@@ -69,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                         "than workers, a group is split into one process per worker")
     p.add_argument("--vectorize-sparsities", action="store_true", default=None,
                    help="also train the sparsity levels of a method together (implies --vectorize-seeds)")
+    p.add_argument("--large-grid", action="store_true",
+                   help=f"run a grid of more than {G.MAX_CELLS} cells (refused without it)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the cells and their status, run nothing")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
     p.add_argument("--no-compile-cache", action="store_true",
@@ -109,6 +112,7 @@ def build_grid(argv) -> tuple[G.Grid, dict, list[str]]:
         if value is not None:
             options[name] = value
     options["dry_run"] = args.dry_run
+    options["large_grid"] = args.large_grid
     options["progress"] = False if args.no_progress else None
     if args.no_compile_cache:
         options["compile_cache"] = False
@@ -132,7 +136,8 @@ def default_options(options: dict | None = None) -> dict:
           f"must be > 0, got {c!r}")
     check(options["ray_address"] is None or options["backend"] == "ray", "ray_address",
           "only used with --backend ray")
-    for key in ("retry_failed", "vectorize_seeds", "vectorize_sparsities", "dry_run", "compile_cache"):
+    for key in ("retry_failed", "vectorize_seeds", "vectorize_sparsities", "dry_run", "compile_cache",
+                "large_grid"):
         check(isinstance(options[key], bool), key, f"must be true or false, got {options[key]!r}")
     return options
 
@@ -212,16 +217,16 @@ def fix_dense_matched(cells: list[G.Cell], states: dict[str, str]) -> None:
 
 def write_sweep_json(out: Path, grid: G.Grid, options: dict, argv: list[str], cells: list[G.Cell],
                      statuses: dict[str, str]) -> None:
-    from sparse_rl.train.rundir import write_json_atomic
+    from sparse_rl.train.rundir import read_json_checked, write_json_checked
 
     path = out / "sweep.json"
     entries = OrderedDict()
     if path.is_file():  # keep cells of earlier grids swept into the same directory
         try:
-            for e in json.loads(path.read_text()).get("cells", []):
+            for e in read_json_checked(path).get("cells", []):
                 entries[e["id"]] = e
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        except (RunFileError, KeyError, TypeError) as error:  # rewritten from this grid's cells
+            print(f"warning: {error}; sweep.json is rewritten from this grid's cells", file=sys.stderr)
     for c in cells:
         e = c.to_json()
         e["path"] = c.id
@@ -243,7 +248,7 @@ def write_sweep_json(out: Path, grid: G.Grid, options: dict, argv: list[str], ce
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cells": list(entries.values()),
     }
-    write_json_atomic(path, doc)
+    write_json_checked(path, doc)  # issue 16: with a checksum
 
 
 # ----------------------------------------------------------------------------- report
@@ -253,17 +258,21 @@ def summary_table(cells: list[G.Cell], statuses: dict[str, str]) -> str:
     rows = OrderedDict()
     for c in cells:
         rows.setdefault((c.agent, c.env, c.level), []).append(c)
+    from sparse_rl.train.rundir import read_json_checked
+
     header = ("agent", "env", "level", "complete", "failed", "final return (mean ± std)")
     lines = [header]
+    unread = []
     for (agent, env, level), group in rows.items():
         finals = []
         for c in group:
             if statuses[c.id] == "complete":
                 try:
-                    value = json.loads((Path(c.path) / "summary.json").read_text()).get("final_eval_return")
-                except (OSError, ValueError):
+                    value = read_json_checked(Path(c.path) / "summary.json").get("final_eval_return")
+                except RunFileError as error:  # issue 16: reported below, never averaged
+                    unread.append(str(error))
                     value = None
-                if value is not None:
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
                     finals.append(float(value))
         done = sum(statuses[c.id] == "complete" for c in group)
         failed = sum(statuses[c.id] == "failed" for c in group)
@@ -271,12 +280,17 @@ def summary_table(cells: list[G.Cell], statuses: dict[str, str]) -> str:
             mean = sum(finals) / len(finals)
             std = math.sqrt(sum((f - mean) ** 2 for f in finals) / len(finals))
             ret = f"{mean:.2f} ± {std:.2f}"
+            if len(finals) != done:  # a table never claims more seeds than it averaged
+                ret += f" (n={len(finals)})"
         else:
             ret = "-"
         lines.append((agent, env, level, f"{done}/{len(group)}", str(failed), ret))
     widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
     text = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
+    if unread:
+        text += ["", f"{len(unread)} complete run(s) left out of the returns (delete the run directory "
+                 "to train it again):"] + [f"  {line}" for line in unread]
     return "\n".join(text)
 
 
@@ -291,10 +305,13 @@ def main(argv=None) -> int:
 def run_sweep(grid: G.Grid, options: dict, argv: list[str] | None = None) -> int:
     """Validate `grid`, run what is not finished, report; returns the exit status (see EPILOG)."""
     argv = list(argv or [])
-    cells = G.plan(grid)
+    cells = G.plan(grid, max_cells=None if options["large_grid"] else G.MAX_CELLS)
     out = Path(grid.out).expanduser().resolve()
+    from sparse_rl.train.rundir import check_owned
+
+    check_owned(out, SWEEP_MARKS, "out", "a sweep directory",
+                "a new or empty directory, or one written by sparse-rl sweep")
     states = classify(cells, options["retry_failed"])
-    fix_dense_matched(cells, states)
     counts = {k: sum(1 for v in states.values() if v == k) for k in ("complete", "failed", "busy", "resume", "run")}
     print(f"sweep {out}: {len(cells)} cells: {counts['complete']} complete, {counts['run']} to run, "
           f"{counts['resume']} to resume, {counts['failed']} failed (not retried), {counts['busy']} in use elsewhere",
@@ -305,6 +322,7 @@ def run_sweep(grid: G.Grid, options: dict, argv: list[str] | None = None) -> int
         return 0
     out.mkdir(parents=True, exist_ok=True)
     with _SweepLock(out):
+        fix_dense_matched(cells, states)  # writes into cells: only under the sweep's lock
         tasks = make_tasks(cells, states, options["vectorize_seeds"] or options["vectorize_sparsities"],
                            levels=options["vectorize_sparsities"], workers=options["workers"])
         statuses = {cid: ("complete" if s == "complete" else "failed" if s == "failed" else
@@ -376,7 +394,9 @@ class _SweepLock:
     def __enter__(self):
         import fcntl
 
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        from sparse_rl.train.rundir import open_lock
+
+        self.fd = open_lock(self.path)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

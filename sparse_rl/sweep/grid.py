@@ -145,27 +145,38 @@ def split_list(text: str | Sequence | None, field: str) -> list[str]:
     return items
 
 
+# Issue 16: sizes that would exhaust the machine are refused with a clear error. 10,000 seeds or
+# cells is far beyond the paper's sweeps (at most 5 seeds of ~20 levels on ~20 tasks per agent).
+MAX_SEEDS = 10_000
+MAX_CELLS = 10_000
+
+
 def parse_seeds(value, field: str = "seeds") -> tuple[int, ...]:
     """Seeds from `"0,1,2"`, `"0-9"` (inclusive range), a list, or an int n (file form: 0..n-1)."""
     if isinstance(value, bool):
         raise ConfigError(field, f"must be seeds, got {value!r}", "e.g. 0,1,2 or 0-9")
     if isinstance(value, int):
-        check(value >= 1, field, f"a number of seeds must be >= 1, got {value}")
+        check(1 <= value <= MAX_SEEDS, field, f"a number of seeds must be 1 to {MAX_SEEDS}, got {value}")
         return tuple(range(value))
     seeds: list[int] = []
     for item in split_list(value, field):
         m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", item)
-        try:
-            if m:
-                lo, hi = int(m.group(1)), int(m.group(2))
-                check(lo <= hi, field, f"empty range {item!r}", "a range like 0-9")
-                seeds.extend(range(lo, hi + 1))
-            else:
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            check(lo <= hi, field, f"empty range {item!r}", "a range like 0-9")
+            check(hi - lo < MAX_SEEDS, field, f"range {item!r} has {hi - lo + 1} seeds",
+                  f"at most {MAX_SEEDS}")  # issue 16: counted before it is expanded
+            seeds.extend(range(lo, hi + 1))
+        else:
+            try:
                 seeds.append(int(item))
-        except ValueError:
-            raise ConfigError(field, f"not a seed: {item!r}", "non-negative integers, e.g. 0,1,2 or 0-9") from None
-    check(all(s >= 0 for s in seeds), field, f"seeds must be >= 0, got {seeds}")
-    return tuple(dict.fromkeys(seeds))
+            except ValueError:
+                raise ConfigError(field, f"not a seed: {item!r}",
+                                  "non-negative integers, e.g. 0,1,2 or 0-9") from None
+    seeds = list(dict.fromkeys(seeds))
+    check(all(s >= 0 for s in seeds), field, f"seeds must be >= 0, got {seeds[:8]}")
+    check(len(seeds) <= MAX_SEEDS, field, f"{len(seeds)} seeds", f"at most {MAX_SEEDS}")
+    return tuple(seeds)
 
 
 def parse_sparsities(value, field: str = "sparsities") -> tuple[float, ...]:
@@ -433,9 +444,18 @@ def expected_config(run, agent_config) -> dict:
 CONFIG_IGNORE = ("out", "library_version", "run.resume", "run.progress", "run.out", "run.tensorboard")
 
 
-def plan(grid: Grid, *, check_existing: bool = True, log=None) -> list[Cell]:
-    """Expand and validate `grid`; returns the cells in a stable order. Raises ConfigError."""
+def cell_count(grid: Grid) -> int:
+    """How many cells `grid` expands to (counted, not expanded)."""
+    levels = sum(1 if m == "dense" else len(grid.sparsities) for m in grid.methods)
+    return len(grid.agents) * len(grid.envs) * levels * len(grid.seeds)
+
+
+def plan(grid: Grid, *, check_existing: bool = True, log=None,
+         max_cells: int | None = MAX_CELLS) -> list[Cell]:
+    """Expand and validate `grid`; returns the cells in a stable order. Raises ConfigError, also
+    for a grid of more than `max_cells` cells (None: no limit; `sparse-rl sweep --large-grid`)."""
     from sparse_rl import envs
+    from sparse_rl.train.context import MAX_STEPS
 
     check(len(grid.agents) > 0, "agents", "is empty", ", ".join(AGENTS))
     for a in grid.agents:
@@ -452,7 +472,11 @@ def plan(grid: Grid, *, check_existing: bool = True, log=None) -> list[Cell]:
     check(not needs_level or len(grid.sparsities) > 0, "sparsities",
           f"required for methods {', '.join(needs_level)}", "e.g. --sparsities 0.5,0.9")
     check(len(grid.seeds) > 0, "seeds", "is empty", "e.g. --seeds 0,1,2")
-    check(grid.steps is None or grid.steps > 0, "steps", f"must be > 0, got {grid.steps}")
+    check(grid.steps is None or 0 < grid.steps <= MAX_STEPS, "steps", f"got {grid.steps}",
+          f"1 to {MAX_STEPS:.0e}")
+    n = cell_count(grid)
+    check(max_cells is None or n <= max_cells, "grid", f"{n} cells (more than {max_cells})",
+          "a smaller grid, or --large-grid to run it anyway")
     _check_reserved([o.flag for o in grid.overrides], "--set")
     _check_reserved([t for t in grid.train_args if t.startswith("--")], "train flag")
     for o in grid.overrides:

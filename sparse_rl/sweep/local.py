@@ -28,7 +28,10 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from sparse_rl.train.rundir import FAILED, LOCK, run_status, write_json_atomic, write_text_atomic
+from sparse_rl.errors import RunFileError
+from sparse_rl.train.rundir import (FAILED, LOCK, RUN_MARKS, check_owned, open_lock,
+                                   read_json_checked, run_status, write_json_checked,
+                                   write_text_atomic)
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS")
@@ -80,8 +83,9 @@ def record_failure(path: str | os.PathLike, message: str) -> bool:
     status = run_status(path)
     if status in ("complete", "failed"):
         return status == "failed"
+    check_owned(path, RUN_MARKS, "out", "a sparse_rl run directory", "a run directory of the sweep")
     path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_lock(path / LOCK)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,11 +104,14 @@ def add_dense_matched(path: str | os.PathLike, info: dict) -> None:
     summary_path = Path(path) / "summary.json"
     if not summary_path.is_file():
         return
-    summary = json.loads(summary_path.read_text())
+    try:
+        summary = read_json_checked(summary_path)
+    except RunFileError:  # issue 16: left as it is; the sweep's table reports it
+        return
     if summary.get("dense_matched") == info:
         return
     summary["dense_matched"] = info
-    write_json_atomic(summary_path, summary)
+    write_json_checked(summary_path, summary)
 
 
 def _parse_cell(cell: dict):

@@ -31,7 +31,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from sparse_rl.errors import ConfigError
+from sparse_rl.errors import ConfigError, RunFileError
+from sparse_rl.train.rundir import read_json_checked
 
 __all__ = ["RunRecord", "MissingCell", "load_runs", "missing_report", "complete_runs",
            "final_scores", "CellScore", "bootstrap_mean_ci", "write_results_csv", "RESULT_FIELDS",
@@ -197,8 +198,12 @@ def _record(run_dir: Path, config: Mapping, cell: Mapping | None) -> RunRecord:
     run_cfg = config.get("run") if isinstance(config.get("run"), Mapping) else {}
     agent_cfg = config.get("agent") if isinstance(config.get("agent"), Mapping) else {}
     summary_path = run_dir / "summary.json"
-    summary = _read_json(summary_path) if summary_path.is_file() else None
-    summary = summary if isinstance(summary, Mapping) else {}
+    summary, unreadable = {}, None
+    if summary_path.is_file():
+        try:
+            summary = read_json_checked(summary_path)
+        except RunFileError as error:  # issue 16: no score, and never a field read from it
+            unreadable = str(error)
     cell = cell or {}
 
     agent = summary.get("agent") or run_cfg.get("agent") or cell.get("agent") or "?"
@@ -249,7 +254,7 @@ def _record(run_dir: Path, config: Mapping, cell: Mapping | None) -> RunRecord:
         total_params=_int(summary.get("total_params")),
         nonzero_params=_int(summary.get("nonzero_params")), width_multiplier=width,
         steps=steps, eval_returns=returns, wall_times=walls,
-        error=_first_line(run_dir / "FAILED") if status == "failed" else None)
+        error=_first_line(run_dir / "FAILED") if status == "failed" else unreadable)
 
 
 def _sweep_cells(sweep_dir: Path) -> list[dict]:
@@ -257,7 +262,13 @@ def _sweep_cells(sweep_dir: Path) -> list[dict]:
     (tolerant of the format: a list of cells under `cells` / `runs`, or a top-level list; each cell
     names its run directory as `run_dir` / `path` / `dir` / `out`, or several as `run_dirs` with
     `seeds`)."""
-    data = _read_json(sweep_dir / "sweep.json")
+    try:
+        data = read_json_checked(sweep_dir / "sweep.json")
+    except RunFileError as error:  # issue 16: the run directories are read without it
+        if (sweep_dir / "sweep.json").is_file():
+            warnings.warn(f"{error}; the cells are taken from the run directories alone",
+                          RuntimeWarning, stacklevel=2)
+        data = None
     if isinstance(data, Mapping):
         data = data.get("cells", data.get("runs"))
     if not isinstance(data, list):
@@ -353,7 +364,8 @@ def missing_report(sweep_dir: str | os.PathLike, runs: Sequence[RunRecord] | Non
             out.append(MissingCell(r.agent, r.env, r.method, r.sparsity, r.seed, r.path,
                                    r.status if r.status != "complete" else "incomplete",
                                    r.error if r.status == "failed" else
-                                   (None if r.status != "complete" else "no final_eval_return in summary.json")))
+                                   (None if r.status != "complete" else
+                                    r.error or "no final_eval_return in summary.json")))
     return out
 
 

@@ -45,7 +45,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from sparse_rl.errors import ConfigError
+from sparse_rl.errors import ConfigError, RunFileError
 from sparse_rl.train.faults import kill_point
 from sparse_rl.train.rundir import fsync_dir, write_text_atomic
 from sparse_rl.train.serialize import to_jsonable
@@ -63,8 +63,9 @@ _LEAF = "leaf/{}"
 _EXTRA = "extra/"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded; the message is one line and names the file."""
+class CheckpointError(RunFileError, ValueError):
+    """A checkpoint cannot be loaded; the message is one line and names the file. The CLI prints
+    it and exits with status 1 (2 for an incompatible one: the request cannot be met)."""
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split("\n")))
@@ -76,6 +77,8 @@ class CorruptCheckpointError(CheckpointError):
 
 class IncompatibleCheckpointError(CheckpointError):
     """The files are intact but belong to another agent, network, env or newer library."""
+
+    exit_status = 2
 
 
 class Restored(tuple):
@@ -607,23 +610,39 @@ def load_flat(ckpt_dir: str | os.PathLike, step: int | None = None, *,
                     step=step, info=info)
 
 
-def load_latest_valid(ckpt_dir: str | os.PathLike, like: Any, **kwargs) -> Restored | None:
+def load_latest_valid(ckpt_dir: str | os.PathLike, like: Any, *, accept=None,
+                      **kwargs) -> Restored | None:
     """Load the newest complete checkpoint that passes verification; a corrupt one is skipped
     with a warning and the next older one tried. Returns None when there is no complete
     checkpoint at all. Raises `IncompatibleCheckpointError` at once when a checkpoint belongs to
     another agent / configuration (older ones would too), and `CorruptCheckpointError` when every
-    complete checkpoint is corrupt (rather than silently starting over)."""
+    complete checkpoint is corrupt (rather than silently starting over).
+
+    `accept(restored)`, when given, checks a loaded checkpoint against the other files of its run
+    (see `run_files.check`); a `RunFileError` from it skips to the next older checkpoint too, and
+    when no checkpoint is accepted the newest one's `RunFileError` is raised."""
     found = steps(ckpt_dir)
     errors = []
+    refused = None
     for step in reversed(found):
         try:
-            return load(ckpt_dir, like, step, **kwargs)
+            restored = load(ckpt_dir, like, step, **kwargs)
         except IncompatibleCheckpointError:
             raise
         except CheckpointError as e:
             warnings.warn(f"skipping the checkpoint at step {step}: {e}", RuntimeWarning,
                           stacklevel=2)
             errors.append(str(e))
+            continue
+        if accept is not None:
+            try:
+                accept(restored)
+            except RunFileError as e:
+                refused = refused or e
+                continue
+        return restored
+    if refused is not None:
+        raise refused
     if errors:
         raise CorruptCheckpointError(
             f"{ckpt_dir}: all {len(errors)} complete checkpoints are corrupt (newest: "

@@ -15,15 +15,20 @@ from sparse_rl import agents
 from sparse_rl.errors import ConfigError, NumericalError, check, check_choice, check_fields
 from sparse_rl.sparsity import sparsity_summary
 from sparse_rl.train import checkpoint as ckpt
+from sparse_rl.train import run_files
 from sparse_rl.train.metrics import MetricsWriter, TensorBoardWriter
 from sparse_rl.train.progress import Progress
 from sparse_rl.train.faults import first_nonfinite, kill_point
-from sparse_rl.train.rundir import RunDir, write_json_atomic
+from sparse_rl.train.rundir import RunDir, write_json_checked
 from sparse_rl.train.serialize import config_hash, to_jsonable
 
 # Settings that change what is recorded about training but never training itself (the recorder
 # reads the training batch and state and draws no random numbers): a resumed run may change them.
 RECORDING_ONLY = ("run.analysis_every", "run.analysis_snr_every")
+
+# Issue 16: an absurd --steps must be refused, not reach an allocation sized by it. 10^9 env steps
+# is 20x Atari's 200M frames / 4 (the paper's longest runs) and keeps step counters within int32.
+MAX_STEPS = 1_000_000_000
 
 BASE_COLUMNS = (
     "step", "wall_time", "train_return", "train_episodes", "eval_return_mean", "eval_return_std",
@@ -73,7 +78,7 @@ class RunConfig:
         check(0 <= self.seed < 2**32, "seed", f"got {self.seed}", "an int in [0, 2**32 - 1]")
         check(self.out is None or self.out.strip() != "", "out", "must be a directory name or unset")
         check(isinstance(self.env, str) and self.env != "", "env", "must be an environment id")
-        check(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        check(0 < self.steps <= MAX_STEPS, "steps", f"got {self.steps}", f"1 to {MAX_STEPS:.0e}")
         check(self.eval_every > 0, "eval_every", f"must be > 0, got {self.eval_every}")
         check(self.eval_episodes > 0, "eval_episodes", f"must be > 0, got {self.eval_episodes}")
         check(self.log_every > 0, "log_every", f"must be > 0, got {self.log_every}")
@@ -187,6 +192,7 @@ class RunContext:
             "counters": to_jsonable(counters),
             "wall_time": self.wall_time(),
             "eval_history": self.eval_history,
+            "files": run_files.record(self.rundir.path),  # issue 16: checked on resume
         }
         if state is not None:
             manifest["masks"] = self.network_sparsity(state)
@@ -196,12 +202,16 @@ class RunContext:
 
     def load_checkpoint(self, like):
         """(tree, extra_arrays, manifest) of the newest valid checkpoint, or None."""
-        result = ckpt.load_latest_valid(self.checkpoint_dir, like)
+        path = self.rundir.path
+        result = ckpt.load_latest_valid(  # issue 16: never resume beside short or edited files
+            self.checkpoint_dir, like,
+            accept=lambda r: run_files.check(path, r.manifest.get("files"), r.step))
         if result is None:
             return None
         tree, manifest, extra = result.tree, result.manifest, result.extra
         if manifest.get("config_hash") not in self.accepted_config_hashes():
             raise ConfigError("resume", "the checkpoint in this run directory was written with a different config")
+        run_files.cut(path, manifest.get("files"))
         self.wall_offset = float(manifest.get("wall_time", 0.0))
         self._clock_start = time.perf_counter()
         self.eval_history = [tuple(e) for e in manifest.get("eval_history", [])]
@@ -270,7 +280,7 @@ class RunContext:
             "device": str(jax.devices()[0].platform),
         }
         summary.update(extra or {})
-        write_json_atomic(self.rundir.summary_path, summary)
+        write_json_checked(self.rundir.summary_path, summary)  # issue 16: with a checksum
         return summary
 
     def close(self):

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from sparse_rl.errors import file_error
+
 __all__ = ["MetricsWriter", "read_metrics", "TensorBoardWriter", "format_value"]
 
 
@@ -41,6 +43,10 @@ def format_value(value: Any) -> str:
         return repr(float(value))
     text = str(value)
     return text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _line(values: Iterable[str]) -> str:
@@ -85,7 +91,14 @@ class MetricsWriter:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+b")
+        try:  # never appended to through a symbolic link (issue 16)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if self.path.is_symlink():
+                raise file_error(self.path, "is a symbolic link; refusing to follow it",
+                                 "replace it with the run's own file") from None
+            raise
+        f = os.fdopen(fd, "a+b")
         try:
             f.seek(0)
             data = f.read()
@@ -96,9 +109,9 @@ class MetricsWriter:
             else:
                 header = data[:header_end + 1].decode("utf-8", errors="replace")
                 if header != self._header:
-                    raise ValueError(
-                        f"{self.path}: existing header ({header.strip()}) differs from this "
-                        f"run's fields ({self._header.strip()})")
+                    raise file_error(self.path, f"existing header ({_clip(header.strip())}) "
+                                     f"differs from this run's fields ({_clip(self._header.strip())})",
+                                     "move the file aside, or train in a new directory")
                 if not data.endswith(b"\n"):  # partial last row from a crash
                     f.truncate(data.rfind(b"\n") + 1)
             f.flush()
@@ -152,8 +165,8 @@ class MetricsWriter:
             end = data.find(b"\n", pos)
             if end < 0:
                 break
-            if cut is None:
-                fields = _parse_line(data[pos:end].decode("utf-8"))
+            if cut is None:  # a damaged byte in a row after the checkpoint: that row is cut
+                fields = _parse_line(data[pos:end].decode("utf-8", errors="replace"))
                 text = fields[self._step_index] if self._step_index < len(fields) else ""
                 try:
                     later = step is None or (text != "" and float(text) > step)
@@ -195,12 +208,19 @@ class MetricsWriter:
 def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a metrics CSV into `{column: array}`: float64 arrays (NaN for empty fields) for numeric
     columns, string arrays for columns that hold text. A trailing partial line is ignored."""
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:  # issue 16: one line naming the file, never a traceback
+        raise file_error(path, f"not valid UTF-8 at byte {e.start} (corrupt)",
+                         "restore it, or train the run again") from None
     if not text:
         return {}
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:
+        raise file_error(path, f"not a CSV file ({e})", "restore it, or train the run again") from None
     if not rows:
         return {}
     header, body = rows[0], rows[1:]

@@ -21,17 +21,19 @@ content but no `COMPLETE` is an unfinished run: it is reopened only with `resume
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from sparse_rl.errors import ConfigError
+from sparse_rl.errors import ConfigError, file_error, leaves_run_resumable
 from sparse_rl.train.metrics import MetricsWriter
 from sparse_rl.train.serialize import config_diff, to_jsonable
 
-__all__ = ["RunDir", "run_status", "status", "write_json_atomic", "write_text_atomic", "fsync_dir"]
+__all__ = ["RunDir", "run_status", "status", "write_json_atomic", "write_text_atomic", "fsync_dir",
+           "open_lock", "check_owned", "write_json_checked", "read_json_checked"]
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -46,6 +48,8 @@ ANALYSIS = "analysis.csv"
 ANALYSIS_META = "analysis.json"
 INIT_PARAMS = "init_params.npz"
 EVER_ACTIVE = "ever_active.npz"
+# A directory holding one of these (regular files) was made by sparse_rl as a run directory.
+RUN_MARKS = (CONFIG, LOCK)
 
 Status = Literal["complete", "failed", "incomplete", "absent"]
 
@@ -74,7 +78,13 @@ def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     data = text.encode("utf-8") if isinstance(text, str) else text
     try:
-        with open(tmp, "wb") as f:
+        tmp.unlink()  # a stale temporary file (or a link planted under its name) of a dead process
+    except FileNotFoundError:
+        pass
+    try:
+        # O_EXCL | O_NOFOLLOW: never write through a symbolic link (issue 16)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -92,6 +102,46 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None =
     """Write `to_jsonable(obj)` as JSON to `path` atomically (see `write_text_atomic`)."""
     text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=True) + "\n"
     write_text_atomic(path, text)
+
+
+CHECKSUM = "checksum"  # key of the sha256 that summary.json and sweep.json carry (issue 16)
+
+
+def _json_digest(doc: dict) -> str:
+    body = {k: v for k, v in doc.items() if k != CHECKSUM}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_json_checked(path: str | os.PathLike, obj: Any) -> dict:
+    """Write the JSON object `obj` with a `checksum` of its content (see `read_json_checked`),
+    atomically; returns what was written (checksum included)."""
+    doc = json.loads(json.dumps(to_jsonable(obj), allow_nan=True))  # as it will read back
+    if not isinstance(doc, dict):
+        raise TypeError(f"{path}: a checked JSON file holds an object, not {type(doc).__name__}")
+    doc[CHECKSUM] = _json_digest(doc)
+    write_json_atomic(path, doc)
+    return doc
+
+
+def read_json_checked(path: str | os.PathLike) -> dict:
+    """The JSON object in `path`, verified against its `checksum`; `RunFileError` naming the file
+    when it is unreadable, not an object, or changed since it was written. A file without a
+    checksum (written before sparse_rl kept one) is accepted as it is."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise file_error(path, "missing", "re-run the run that writes it") from None
+    except (OSError, ValueError) as e:
+        raise file_error(path, f"unreadable ({type(e).__name__})",
+                         "delete it and re-run the run that writes it") from None
+    if not isinstance(doc, dict):
+        raise file_error(path, "not a JSON object", "delete it and re-run the run that writes it")
+    if CHECKSUM in doc and doc[CHECKSUM] != _json_digest(doc):
+        raise file_error(path, "checksum mismatch: the file was changed or corrupted",
+                         "delete it and re-run the run that writes it")
+    return doc
 
 
 # ----------------------------------------------------------------------------- status
@@ -124,12 +174,54 @@ def run_status(path: str | os.PathLike) -> Status:
 status = run_status  # `sparse_rl.train.rundir.status(path)`, as docs/CONTRACTS.md names it
 
 
+def open_lock(path: str | os.PathLike, field: str = "out", *, create: bool = True) -> int:
+    """Open the lock file at `path` for `fcntl.flock` and return its descriptor. A symbolic link or
+    anything but a regular file is refused with `ConfigError(field)` (issue 16: truncating and
+    writing a lock must never reach another file); so is a file that cannot be created."""
+    path = Path(path)
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if path.is_symlink():
+            raise ConfigError(field, f"{path} is a symbolic link; refusing to follow it",
+                              "remove the link") from None
+        if not create and isinstance(e, FileNotFoundError):
+            raise
+        raise ConfigError(field, f"cannot open the lock file {path}: {e.strerror or e}") from None
+    import stat
+
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(field, f"{path} is not a regular file; refusing to use it as a lock",
+                          "remove it")
+    return fd
+
+
+def check_owned(path: str | os.PathLike, marks: Sequence[str], field: str, what: str,
+                allowed: str) -> None:
+    """Refuse (ConfigError naming `field`) an existing directory that holds files but none of
+    `marks`, the files sparse_rl writes first into a directory of its own: issue 16, sparse_rl
+    never creates or changes a file in a directory it did not make (`--out /`, a folder of the
+    user's files), with or without --resume. Reads only."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    try:
+        names = os.listdir(path)
+    except OSError as e:
+        raise ConfigError(field, f"cannot read {path}: {e.strerror or e}") from None
+    if names and not any((path / m).is_file() and not (path / m).is_symlink() for m in marks):
+        raise ConfigError(field, f"{path} is not {what} (it holds files but no "
+                          f"{' or '.join(marks)}); refusing to write into it", allowed)
+
+
 def _probe_lock(path: Path) -> bool:
     import fcntl
 
     try:
-        fd = os.open(path / LOCK, os.O_RDWR)
-    except OSError:
+        fd = open_lock(path / LOCK, create=False)
+    except (OSError, ConfigError):
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -159,9 +251,13 @@ class RunDir:
     With `resume=True` an unfinished (or failed) run is reopened: a `FAILED` marker is removed, as
     the run is being retried; `fresh` tells whether there was anything to resume. The lock is held
     until `release()` (or the end of a `with` block, or process exit: the OS drops it even on
-    kill -9). Leaving a `with` block on an exception (not KeyboardInterrupt) writes `FAILED` with
-    the exception's message unless the run is complete or `FAILED` was written already.
-    """
+    kill -9). Leaving a `with` block on an exception (not KeyboardInterrupt, nor one that leaves
+    the run resumable: `errors.leaves_run_resumable`) writes `FAILED` with the exception's message
+    unless the run is complete or `FAILED` was written already.
+
+    An existing directory that holds files but no `config.json` or `run.lock` is not a run
+    directory: it is refused before anything is created in it (`check_owned`), and `run.lock`
+    is never opened through a symbolic link (`open_lock`)."""
 
     def __init__(self, path: str | os.PathLike, *, resume: bool = False):
         import fcntl
@@ -172,16 +268,14 @@ class RunDir:
         self._metrics: MetricsWriter | None = None
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError("out", f"{self.path} exists and is not a directory")
+        check_owned(self.path, RUN_MARKS, "out", "a sparse_rl run directory",
+                    "a new or empty directory, or a run directory written by sparse-rl train")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError("out", f"cannot create run directory {self.path}: "
                               f"{e.strerror or e}") from None
-        try:
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise ConfigError("out", f"cannot create lock file in {self.path}: "
-                              f"{e.strerror or e}") from None
+        fd = open_lock(self.path / LOCK)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -299,9 +393,9 @@ class RunDir:
         return self._metrics
 
     def write_summary(self, summary: Any) -> None:
-        """Write `summary.json` atomically."""
+        """Write `summary.json` atomically, with a checksum."""
         self._check_open()
-        write_json_atomic(self.summary_path, summary)
+        write_json_checked(self.summary_path, summary)
 
     def mark_failed(self, message: str) -> None:
         """Write `FAILED` holding `message` (atomically). A failed run can be retried with
@@ -353,7 +447,7 @@ class RunDir:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if (exc is not None and isinstance(exc, Exception) and self._lock_fd is not None
-                    and not self.is_complete and not (self.path / FAILED).exists()):
+                    and not leaves_run_resumable(exc) and not self.is_complete and not (self.path / FAILED).exists()):
                 message = f"{type(exc).__name__}: {exc}".replace("\n", " ")
                 try:
                     self.mark_failed(message)

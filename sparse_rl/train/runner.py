@@ -9,6 +9,7 @@ import dataclasses
 import traceback
 from collections.abc import Sequence
 
+from sparse_rl.errors import leaves_run_resumable, locate
 from sparse_rl import agents, envs
 from sparse_rl.train import offpolicy, onpolicy
 from sparse_rl.train.context import RunConfig, RunContext, default_out
@@ -73,7 +74,9 @@ def train_group(runs: Sequence[RunConfig], agent_configs: Sequence | None = None
     except KeyboardInterrupt:
         raise
     except Exception as error:  # recorded for sweeps, then re-raised for the caller
-        if started:
+        if rundirs:  # an OSError without a file name (a full disk) names the run directory
+            locate(error, rundirs[0].path if len(rundirs) == 1 else rundirs[0].path.parent)
+        if started and not leaves_run_resumable(error):  # issue 16: a failed resume stays resumable
             message = f"{type(error).__name__}: {error}\n{traceback.format_exc()}"
             for rundir in rundirs:
                 try:
