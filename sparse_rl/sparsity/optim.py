@@ -89,6 +89,8 @@ def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
     (no `lax.cond`, which on CPU cost 5-15% of a small network's update even when not taken, more
     on a loaded machine, and ~2x under vmap); the caller guarantees no mask update is due at this step (`mask_update_due`).
     timing: one of MASK_TIMINGS, where the mask update sits relative to the gradient step.
+    `update(..., grow_grads=g)`: RigL grows by `g` instead of `grads` (when the step's gradient is
+    regularised or clipped but growth should follow the loss gradient alone).
     Use it as the outermost transformation: anything applied after it would break the exact
     masking. Params not yet masked (e.g. the caller skipped `apply_masks`) are zeroed by the first
     update.
@@ -109,7 +111,7 @@ def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
         return SparseState(inner=inner.init(params), masks=masks, targets=targets,
                            step=jnp.zeros((), jnp.int32), key=k_state)
 
-    def update_fn(grads, state: SparseState, params=None, topology: bool = True, **extra):
+    def update_fn(grads, state: SparseState, params=None, topology: bool = True, grow_grads=None, **extra):
         if config.method == "dense":
             updates, inner_state = inner.update(grads, state.inner, params, **extra)
             return updates, state._replace(inner=inner_state, step=state.step + 1)
@@ -129,7 +131,8 @@ def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
         else:
             def do_update(inner_state):
                 weights = optax.apply_updates(params, updates) if timing == "after" else params
-                new = update_masks(sub, masks, weights, grads, state.targets, state.step, config)
+                grow = grads if grow_grads is None else grow_grads
+                new = update_masks(sub, masks, weights, grow, state.targets, state.step, config)
                 both = jax.tree_util.tree_map(jnp.logical_and, new, masks)
                 # A skipped gradient step leaves the optimiser state as it was (moments, count).
                 base = state.inner if skip_step else inner_state
