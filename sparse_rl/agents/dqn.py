@@ -47,8 +47,8 @@ class Config:
     """Scales every hidden layer (used to match a dense network to a sparse one's parameter count)."""
     learning_rate: float = 1e-3
     """Adam learning rate."""
-    adam_eps: float = 1e-8
-    """Adam epsilon."""
+    adam_eps: float = 1e-7
+    """Adam epsilon (classic: Keras Adam's default 1e-7, the tf-agents code's; Atari 1e-8)."""
     weight_decay: float | None = None
     """L2 term weight_decay * sum(w^2) over kernels, added to the loss; None takes the paper's value for the preset (classic 1e-6, Atari 0)."""
     l2_output_layer: bool = False

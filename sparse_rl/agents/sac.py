@@ -115,8 +115,8 @@ class Config:
     """Adam learning rate of the critics."""
     temperature_learning_rate: float = 3e-4
     """Adam learning rate of log alpha."""
-    adam_eps: float = 1e-8
-    """Adam epsilon (all three optimisers)."""
+    adam_eps: float = 1e-7
+    """Adam epsilon (all three optimisers; Keras Adam's default, the tf-agents code's)."""
     weight_decay: float | None = None
     """L2 term weight_decay * sum(w^2) over the kernels of actor and critics, added to their losses; None takes the paper's per-method value (1e-4, RigL 1e-6)."""
     batch_size: int = 256
