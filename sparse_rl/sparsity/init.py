@@ -40,7 +40,7 @@ def sparse_init(key, params, masks, config: SparsityConfig | None = None):
     (the reference re-initialises every wrapped layer, so such a layer gets dense Glorot uniform).
     Without it, kernels whose mask is all True keep their own init.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(params)
+    leaves = jax.tree_util.tree_leaves(params)
     if config is None:
         eligible = [None] * len(leaves)
     else:

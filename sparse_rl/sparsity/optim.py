@@ -1,8 +1,9 @@
 """`sparsify(tx, config)`: an optax wrapper whose state holds the masks.
 
 Per update: mask the gradient, run the inner optimiser, on mask-update steps apply the method's
-rule (to the weights before or after the step, or instead of the step: `timing`), start grown connections at 0 with zeroed optimiser moments, and
-return updates that leave params exactly masked after `optax.apply_updates`.
+rule (to the weights before or after the step, or instead of the step: `timing`), start grown
+connections at 0 with zeroed optimiser moments, and return updates that leave params exactly
+masked after `optax.apply_updates`.
 """
 
 from __future__ import annotations
