@@ -70,16 +70,16 @@ def test_width_multiplier():
 
 def test_nature_cnn_valid_and_same():
     x = jax.ShapeDtypeStruct((2, 84, 84, 4), jnp.uint8)
-    f, p = _shapes(lambda x: NatureCNN()(x), x)
+    f, p = _shapes(lambda x: NatureCNN(padding="VALID")(x), x)
     assert p["nature_cnn/~/linear"]["w"].shape == (3136, 512)
     assert p["nature_cnn/~/conv_0"]["w"].shape == (8, 8, 4, 32)
     expected = (8 * 8 * 4 * 32 + 32) + (4 * 4 * 32 * 64 + 64) + (3 * 3 * 64 * 64 + 64) \
         + (3136 * 512 + 512)
     assert count_params(p) == expected == 1_684_128
     assert jax.eval_shape(f.apply, p, x).shape == (2, 512)
-    _, p = _shapes(lambda x: NatureCNN(padding="SAME")(x), x)
+    _, p = _shapes(lambda x: NatureCNN()(x), x)  # the paper's code: SAME (dqn_agents.py)
     assert p["nature_cnn/~/linear"]["w"].shape == (7744, 512)
-    _, p = _shapes(lambda x: NatureCNN(width_multiplier=0.5)(x), x)
+    _, p = _shapes(lambda x: NatureCNN(width_multiplier=0.5, padding="VALID")(x), x)
     assert p["nature_cnn/~/linear"]["w"].shape == (7 * 7 * 32, 256)
     with pytest.raises(ConfigError, match="padding"):
         _shapes(lambda x: NatureCNN(padding="full")(x), x)
@@ -88,7 +88,7 @@ def test_nature_cnn_valid_and_same():
 def test_nature_cnn_scales_uint8_and_leading_dims():
     # 36x36 keeps the VALID convs valid (36 -> 8 -> 3 -> 1) and the test fast
     x = jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 36, 36, 4), dtype=np.uint8))
-    f, p = _random_params(lambda x: NatureCNN(width_multiplier=0.125)(x), x)
+    f, p = _random_params(lambda x: NatureCNN(width_multiplier=0.125, padding="VALID")(x), x)
     apply = jax.jit(f.apply)
     a = apply(p, x)
     b = apply(p, x.astype(jnp.float32) / 255.0)

@@ -97,7 +97,7 @@ def test_heads_shapes_and_eval_actions(box_agent):
     action, log_prob, value = agent.act_with_info(state, obs, jax.random.PRNGKey(1))
     assert action.shape == (3, 2) and action.dtype == jnp.float32
     assert log_prob.shape == (3,) and value.shape == (3,)
-    assert state.actor_params["~"]["log_std"].shape == (2,)
+    assert state.actor_params["~"]["std_param"].shape == (2,)
     big = agent.act(state, obs * 1e3, jax.random.PRNGKey(2), 0, evaluation=True)
     assert np.all(np.abs(np.asarray(big)) <= 1.0)  # evaluation clips the mean to the bounds
     assert set(agent.networks(state)) == {"actor", "value"}
@@ -118,7 +118,7 @@ def test_update_reduces_clipped_loss_and_keeps_masks(box_agent):
     rollout = fake_rollout(agent, state, BOX)
     before = agent.loss(state, rollout)
     assert abs(float(before["approx_kl"])) < 1e-6  # ratio is exactly 1 before the update
-    log_std = np.asarray(state.actor_params["~"]["log_std"])  # `update` donates the state's buffers
+    log_std = np.asarray(state.actor_params["~"]["std_param"])  # `update` donates the state's buffers
     new_state, metrics = agent.update(state, rollout, jax.random.PRNGKey(3))
     after = agent.loss(new_state, rollout)
     assert float(after["policy_loss"]) < float(before["policy_loss"])
@@ -134,8 +134,8 @@ def test_update_reduces_clipped_loss_and_keeps_masks(box_agent):
     for params, masks in nets.values():
         for p, m in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(masks)):
             assert np.all(np.asarray(p)[~np.asarray(m, bool)] == 0)
-    assert np.all(np.asarray(nets["actor"][1]["~"]["log_std"]))
-    assert not np.array_equal(np.asarray(new_state.actor_params["~"]["log_std"]), log_std)
+    assert np.all(np.asarray(nets["actor"][1]["~"]["std_param"]))
+    assert not np.array_equal(np.asarray(new_state.actor_params["~"]["std_param"]), log_std)
 
 
 def test_update_is_one_compiled_call_and_deterministic(box_agent):

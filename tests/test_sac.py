@@ -103,8 +103,8 @@ def test_defaults_follow_the_paper():
     assert (c.schedule_start_fraction, c.schedule_end_fraction) == (0.2, 0.8)
     assert sac.default_preset("mujoco") == sac.default_preset("classic") == "mujoco"
     assert sac.SPEC.loop == "offpolicy" and sac.SPEC.sparsity_fields == ("actor_sparsity", "critic_sparsity")
-    assert sac.method_defaults("set") == dict(update_every=250, drop_fraction=0.3)
-    assert sac.method_defaults("prune") == dict(update_every=1000)
+    assert sac.method_defaults("set") == dict(update_every=250, drop_fraction=0.3, sparse_init=True)
+    assert sac.method_defaults("prune") == dict(update_every=1000, sparse_init=False)
     assert sac.default_learning_starts("HalfCheetah-v5") == sac.default_learning_starts("Ant-v5") == 10_000
     assert sac.default_learning_starts("Hopper-v5") == sac.default_learning_starts("Pendulum-v1") == 1000
     assert sac.resolve_config(c, "Walker2d-v5").learning_starts == 1000

@@ -1,12 +1,16 @@
 """Pieces every agent shares: schedule windows as fractions, per-method weight decay, optimisers."""
 
 import dataclasses
+import functools
 from typing import Mapping
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from sparse_rl.errors import ConfigError
 from sparse_rl.sparsity import SparsityConfig
+from sparse_rl.sparsity.config import path_str
 
 
 def resolve_schedule(
@@ -42,8 +46,37 @@ def method_weight_decay(table: Mapping[str, float], method: str, override: float
     return float(table.get(method, table.get("default", 0.0)))
 
 
-def adam_or_adamw(learning_rate, weight_decay: float, eps: float = 1e-8) -> optax.GradientTransformation:
-    """Adam, decoupled weight decay when it is non-zero (AdamW), as the paper's agents use."""
+def kernel_mask(params, exclude: tuple[str, ...] = ()):
+    """Bool pytree: True at kernels (leaves named "w" with ndim >= 2) outside modules matching `exclude`.
+
+    Biases, the PPO log-std and any 1-D leaf are never kernels (tf-agents regularises `kernel`
+    variables only: Keras `kernel_regularizer`, PPOAgent.l2_regularization_loss's 'kernel' filter).
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    out = []
+    for path, leaf in flat:
+        name = path_str(path)
+        out.append(name.rsplit("/", 1)[-1] == "w" and jnp.ndim(leaf) >= 2
+                   and not any(pattern in name for pattern in exclude))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def adam_with_l2(learning_rate, weight_decay: float, eps: float = 1e-8, max_grad_norm: float | None = None,
+                 exclude: tuple[str, ...] = ()) -> optax.GradientTransformation:
+    """Adam on the loss plus the L2 term `weight_decay * sum(w**2)` over kernels, as the paper's code.
+
+    tf-agents adds Keras `L2(weight_decay)` kernel regularisers (loss + wd * sum(w^2)) to the loss
+    (dqn_train_eval.py build_network, sac_train_eval.py create_fc_layers, PPOClipAgent
+    policy_l2_reg / value_function_l2_reg), so the term's gradient 2 * wd * w joins the loss
+    gradient before clipping and Adam's normalisation. It is not decoupled AdamW, which at wd 1e-6
+    and lr 1e-3 would shrink weights by ~1e-9 per step. `exclude`: module names whose kernels carry
+    no regulariser (the classic DQN output layer). Gradient clipping (PPO) comes after the L2 term.
+    """
+    parts = []
     if weight_decay > 0.0:
-        return optax.adamw(learning_rate, eps=eps, weight_decay=weight_decay)
-    return optax.adam(learning_rate, eps=eps)
+        parts.append(optax.add_decayed_weights(2.0 * weight_decay,
+                                               mask=functools.partial(kernel_mask, exclude=exclude)))
+    if max_grad_norm is not None:
+        parts.append(optax.clip_by_global_norm(max_grad_norm))
+    parts.append(optax.adam(learning_rate, eps=eps))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)

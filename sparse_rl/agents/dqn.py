@@ -18,9 +18,15 @@ from sparse_rl.agents import common
 from sparse_rl.agents.base import Agent, AgentSpec, OffPolicyNeeds
 from sparse_rl.analysis.gradient_flow import AnalysisHook
 from sparse_rl.errors import ConfigError, check, check_choice, check_fields
-from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, mask_update_steps, sparse_init, sparsify
+from sparse_rl.sparsity import (MASK_TIMINGS, SparsityConfig, apply_masks, get_masks, mask_update_steps,
+                               sparse_init, sparsify)
 
 LOSSES = ("mse", "huber")
+# he_truncated_normal: tf-agents classic control (dqn_train_eval.py build_network: hidden kernels
+# VarianceScaling(2.0, fan_in, truncated_normal), output kernel U(-0.03, 0.03), output bias -0.2).
+# glorot_uniform: Keras defaults, which the Dopamine Atari networks keep (dqn_agents.py
+# NatureDQNNetwork / ImpalaNetwork pass no initialiser): Glorot uniform kernels, zero biases.
+INITIALIZERS = ("he_truncated_normal", "glorot_uniform")
 
 # PAPER.md: weight decay 1e-6 for every classic-control method, 0 for the Atari CNN.
 CLASSIC_WEIGHT_DECAY = {"default": 1e-6}
@@ -41,10 +47,14 @@ class Config:
     """Scales every hidden layer (used to match a dense network to a sparse one's parameter count)."""
     learning_rate: float = 1e-3
     """Adam learning rate."""
-    adam_eps: float = 1e-8
-    """Adam epsilon."""
+    adam_eps: float = 1e-7
+    """Adam epsilon (classic: Keras Adam's default 1e-7, the tf-agents code's; Atari 1e-8)."""
     weight_decay: float | None = None
-    """Decoupled weight decay (AdamW); None takes the paper's value for the preset (classic 1e-6, Atari 0)."""
+    """L2 term weight_decay * sum(w^2) over kernels, added to the loss; None takes the paper's value for the preset (classic 1e-6, Atari 0)."""
+    l2_output_layer: bool = False
+    """Whether the L2 term covers the output layer's kernel too (tf-agents classic: no; Dopamine Atari: every non-bias variable)."""
+    initializer: str = "he_truncated_normal"
+    """Weight initialisation: he_truncated_normal (tf-agents classic control) or glorot_uniform (Keras defaults, Dopamine Atari)."""
     batch_size: int = 128
     """Replay minibatch size."""
     gamma: float = 0.99
@@ -54,7 +64,7 @@ class Config:
     double_q: bool = False
     """Use double Q-learning targets."""
     loss: str = "mse"
-    """TD loss: mse or huber."""
+    """TD loss: mse (mean td^2, tf-agents element_wise_squared_loss) or huber (delta 1, Dopamine)."""
     target_update_every: int = 100
     """Copy online params (and so masks) to the target network every this many gradient steps."""
     replay_capacity: int = 100_000
@@ -63,22 +73,25 @@ class Config:
     """Environment steps collected before the first gradient step."""
     train_every: int = 1
     """Environment steps per gradient step."""
-    epsilon_start: float = 1.0
-    """Initial exploration epsilon."""
+    epsilon_start: float = 0.01
+    """Exploration epsilon at learning_starts (actions before learning_starts are uniformly random)."""
     epsilon_end: float = 0.01
     """Final exploration epsilon."""
     epsilon_decay_steps: int = 1000
-    """Environment steps over which epsilon decays linearly, counted from learning_starts."""
-    eval_epsilon: float = 0.001
-    """Epsilon of the evaluation policy."""
+    """Environment steps over which epsilon decays linearly from epsilon_start to epsilon_end, counted from learning_starts."""
+    eval_epsilon: float = 0.0
+    """Epsilon of the evaluation policy (0: greedy)."""
     sparsity: SparsityConfig = SparsityConfig(
-        method="rigl", sparsity=0.9, update_every=1000, drop_fraction=0.5, start_step=0, end_step=75_000
+        method="rigl", sparsity=0.9, update_every=1000, drop_fraction=0.5, start_step=0, end_step=75_000,
+        sparse_init=True,
     )
     """Sparsity of the Q-network."""
+    mask_update_timing: str = "before"
+    """When masks change relative to that step's gradient step: before, after, or instead (SET/RigL skip the step)."""
     schedule_start_fraction: float | None = 0.2
-    """Start of the pruning window as a fraction of the run's gradient steps (None: use sparsity.start_step)."""
+    """Start of the pruning window as a fraction of the run's step budget, steps / train_every gradient steps (None: use sparsity.start_step)."""
     schedule_end_fraction: float | None = 0.75
-    """End of the pruning window / last SET-RigL update as a fraction of gradient steps (None: use sparsity.end_step)."""
+    """End of the pruning window / last SET-RigL update, same fraction (None: use sparsity.end_step)."""
     weight_decay_table: str = "classic"
     """Which paper table supplies weight_decay when it is None: classic or atari."""
 
@@ -97,6 +110,8 @@ class Config:
         check(0.0 <= self.gamma <= 1.0, "gamma", f"must be in [0, 1], got {self.gamma}")
         check(self.n_step >= 1, "n_step", f"must be >= 1, got {self.n_step}")
         check_choice(self.loss, "loss", LOSSES)
+        check_choice(self.initializer, "initializer", INITIALIZERS)
+        check_choice(self.mask_update_timing, "mask_update_timing", MASK_TIMINGS)
         check(self.target_update_every >= 1, "target_update_every", "must be >= 1")
         check(self.replay_capacity >= self.batch_size, "replay_capacity", "must be >= batch_size")
         check(self.learning_starts >= 0, "learning_starts", "must be >= 0")
@@ -124,25 +139,36 @@ PRESETS: dict[str, Config] = {
         replay_capacity=1_000_000,
         learning_starts=20_000,
         train_every=4,
+        epsilon_start=1.0,
         epsilon_end=0.01,
         epsilon_decay_steps=250_000,
         eval_epsilon=0.001,
+        initializer="glorot_uniform",
+        l2_output_layer=True,
         sparsity=SparsityConfig(
             method="rigl", sparsity=0.9, update_every=5000, drop_fraction=0.3, start_step=500_000,
-            end_step=2_000_000,
+            end_step=2_000_000, sparse_init=True,
         ),
+        mask_update_timing="instead",
         schedule_start_fraction=0.2,
         schedule_end_fraction=0.8,
         weight_decay_table="atari",
     ),
 }
 
-# Per-method schedule defaults of the paper (update interval, drop fraction) by preset.
+# Per-method defaults of the paper by preset: update interval, drop fraction, and the sparse init
+# its static / SET / RigL configs turn on (dqn_gym_sparse_config.gin, dqn_atari_{static,set,rigl}.gin:
+# init_masks.fixed_sparse_init = True; pruning starts dense, so rigl/rl/sparse_utils.py init_masks
+# returns before re-initialising).
 METHOD_DEFAULTS = {
-    "classic": {"prune": dict(update_every=1000), "set": dict(update_every=1000, drop_fraction=0.5),
-                "rigl": dict(update_every=1000, drop_fraction=0.5)},
-    "atari": {"prune": dict(update_every=5000), "set": dict(update_every=5000, drop_fraction=0.3),
-              "rigl": dict(update_every=5000, drop_fraction=0.3)},
+    "classic": {"dense": dict(sparse_init=False), "static": dict(sparse_init=True),
+                "prune": dict(update_every=1000, sparse_init=False),
+                "set": dict(update_every=1000, drop_fraction=0.5, sparse_init=True),
+                "rigl": dict(update_every=1000, drop_fraction=0.5, sparse_init=True)},
+    "atari": {"dense": dict(sparse_init=False), "static": dict(sparse_init=True),
+              "prune": dict(update_every=5000, sparse_init=False),
+              "set": dict(update_every=5000, drop_fraction=0.3, sparse_init=True),
+              "rigl": dict(update_every=5000, drop_fraction=0.3, sparse_init=True)},
 }
 
 
@@ -165,23 +191,40 @@ def _weight_decay(config: Config) -> float:
 def q_network(config: Config, num_actions: int) -> hk.Transformed:
     """The Q-network as a pure (init, apply) pair; the torso is pluggable."""
 
+    if config.initializer == "he_truncated_normal":
+        hidden_init = hk.initializers.VarianceScaling(2.0, "fan_in", "truncated_normal")
+        head_init = dict(w_init=hk.initializers.RandomUniform(-0.03, 0.03), b_init=hk.initializers.Constant(-0.2))
+    else:
+        hidden_init = hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform")  # Glorot uniform
+        head_init = dict(w_init=hidden_init)
+
     def forward(obs):
         if config.network == "mlp":
             torso = nets.make_torso(
                 "mlp", widths=config.widths, activation=config.activation,
-                width_multiplier=config.width_multiplier, activate_final=True,
+                width_multiplier=config.width_multiplier, activate_final=True, w_init=hidden_init,
             )
         elif callable(config.network):
             torso = config.network()
         else:
-            torso = nets.make_torso(config.network, width_multiplier=config.width_multiplier)
-        return nets.QHead(num_actions)(torso(obs))
+            torso = nets.make_torso(config.network, width_multiplier=config.width_multiplier, w_init=hidden_init)
+        return nets.QHead(num_actions, **head_init)(torso(obs))
 
     return hk.without_apply_rng(hk.transform(forward))
 
 
 def total_gradient_steps(config: Config, total_env_steps: int) -> int:
     return max((total_env_steps - config.learning_starts) // config.train_every, 1)
+
+
+def schedule_horizon(config: Config, total_env_steps: int) -> int:
+    """Gradient steps the schedule fractions refer to: the run's env steps / train_every.
+
+    The paper's windows are absolute gradient steps (20k-75k of 100k for classic control after a
+    1000-step random collect, dqn_gym_pruning_config.gin; 500k-2M for Atari, dqn_atari_rigl.gin),
+    so the fractions multiply the step budget without subtracting the warm-up.
+    """
+    return max(int(total_env_steps) // config.train_every, 1)
 
 
 def make(config: Config, env_spec, total_steps: int) -> Agent:
@@ -196,30 +239,34 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
     obs_spec = env_spec.observation_spec
     network = q_network(config, num_actions)
     sparsity = common.resolve_schedule(
-        config.sparsity, total_gradient_steps(config, total_steps),
+        config.sparsity, schedule_horizon(config, total_steps),
         config.schedule_start_fraction, config.schedule_end_fraction,
     )
-    optimiser = common.adam_or_adamw(config.learning_rate, _weight_decay(config), config.adam_eps)
+    optimiser = common.adam_with_l2(config.learning_rate, _weight_decay(config), config.adam_eps,
+                                    exclude=() if config.l2_output_layer else ("q_head",))
 
     def init(key):
         net_key, mask_key, init_key = jax.random.split(key, 3)
         dummy = jnp.zeros((1, *obs_spec.shape), obs_spec.dtype)
         params = network.init(net_key, dummy)
-        tx = sparsify(optimiser, sparsity, key=mask_key)
+        tx = sparsify(optimiser, sparsity, key=mask_key, timing=config.mask_update_timing)
         opt_state = tx.init(params)
         masks = get_masks(opt_state)
         params = apply_masks(params, masks)
         if sparsity.sparse_init:
-            params = sparse_init(init_key, params, masks)
+            params = sparse_init(init_key, params, masks, sparsity)
         return DQNState(params, params, opt_state, jnp.zeros((), jnp.int32))
 
     # The wrapper's state carries masks, targets and keys, so the transformation itself is stateless
     # and can be rebuilt with a fixed key for `update` (its key is only read at init).
-    tx = sparsify(optimiser, sparsity, key=jax.random.PRNGKey(0))
+    tx = sparsify(optimiser, sparsity, key=jax.random.PRNGKey(0), timing=config.mask_update_timing)
 
     def epsilon(step):
+        # Random actions fill the replay first (tf-agents: RandomPyPolicy for initial_collect_steps;
+        # Dopamine: epsilon 1 during min_replay_history), then the linear schedule.
         progress = jnp.clip((step - config.learning_starts) / config.epsilon_decay_steps, 0.0, 1.0)
-        return config.epsilon_start + progress * (config.epsilon_end - config.epsilon_start)
+        scheduled = config.epsilon_start + progress * (config.epsilon_end - config.epsilon_start)
+        return jnp.where(step < config.learning_starts, 1.0, scheduled)
 
     def act(state, obs, key, step, evaluation=False):
         q = network.apply(state.params, obs)
@@ -241,8 +288,9 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
             td = jax.vmap(rlax.double_q_learning)(q, action, reward, discount, q_next_target, q_next_online)
         else:
             td = jax.vmap(rlax.q_learning)(q, action, reward, discount, q_next_target)
-        # rlax.l2_loss is 0.5 * td^2, the MSE of Dopamine's classic-control DQN.
-        losses = rlax.huber_loss(td, 1.0) if config.loss == "huber" else rlax.l2_loss(td)
+        # mse: td^2 (tf-agents common.element_wise_squared_loss, not rlax's 0.5 td^2): the scale
+        # sets the L2 term's weight relative to the TD loss. huber: Dopamine's delta-1 Huber.
+        losses = rlax.huber_loss(td, 1.0) if config.loss == "huber" else jnp.square(td)
         return jnp.mean(losses), jnp.mean(q)
 
     def update(state, batch, key, topology=True):

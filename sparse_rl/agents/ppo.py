@@ -11,9 +11,12 @@ statistics absorb the rollout. The observation statistics are frozen while a rol
 and during its update, so the log-probabilities recorded by `act_with_info` and those recomputed in
 the first minibatch agree exactly (ratio 1 at the start of every update).
 
-Box actions: a state-independent log-std (a 1-D parameter, so never sparsified) and a Gaussian whose
-raw, unclipped sample is returned by `act`; the env loop clips it to the bounds when stepping and
-stores the unclipped action. Evaluation returns the mean clipped to the bounds. Discrete actions: a
+Box actions: a state-independent std (a 1-D parameter `std_param`, so never sparsified; std =
+softplus(std_param) starting at 0.35 in the paper's code) and a Gaussian whose mean is tanh-squashed
+into the action bounds (`squash_mean`); its raw, unclipped sample is returned by `act`; the env loop
+clips it to the bounds when stepping and stores the unclipped action. Evaluation returns the mean
+clipped to the bounds. Gradients of both networks are clipped together to one global norm, after
+the L2 term on kernels joins them (one optimiser over both networks in ppo_train_eval.py). Discrete actions: a
 categorical head. Image observations (uint8) go through a CNN torso (`network="nature_cnn"`).
 
     sparse-rl train --agent ppo --env Hopper-v5 --method rigl --sparsity 0.9      # both networks
@@ -41,6 +44,16 @@ from sparse_rl.analysis.gradient_flow import AnalysisHook
 from sparse_rl.errors import ConfigError, check, check_choice, check_fields
 from sparse_rl.sparsity import SparsityConfig, apply_masks, get_masks, mask_update_steps, sparse_init, sparsify
 
+# The paper's PPO updates masks from the weights before the step, then applies the step's gradients
+# (ppo_train_eval.py SparsePPOAgent._train: mask updaters run before clip_by_global_norm and
+# apply_gradients).
+MASK_TIMING = "before"
+# tf_agents: the paper's networks (sparse_ppo_actor_network.py: hidden Orthogonal(), means layer
+# VarianceScaling(scale=0.1), i.e. fan-in truncated normal; sparse_value_network.py: hidden
+# Orthogonal(), output U(-0.03, 0.03)). orthogonal: CleanRL / SB3 (hidden orthogonal sqrt 2,
+# policy head 0.01, value head 1), used by the classic and Atari presets the paper did not run.
+INITIALIZERS = ("tf_agents", "orthogonal")
+STD_TRANSFORMS = ("softplus", "exp")
 
 # PAPER.md, PPO: dense and pruning 1e-6, static 0, RigL 1e-4, SET 1e-6. Atari CNN: 0.
 MUJOCO_WEIGHT_DECAY = {"dense": 1e-6, "prune": 1e-6, "static": 0.0, "rigl": 1e-4, "set": 1e-6}
@@ -53,7 +66,8 @@ PAPER_START_FRACTION = 32_000 / PAPER_GRADIENT_STEPS  # ~0.2045
 PAPER_END_FRACTION = 120_000 / PAPER_GRADIENT_STEPS  # ~0.7669
 
 _PAPER_SPARSITY = SparsityConfig(
-    method="rigl", sparsity=0.9, update_every=250, drop_fraction=0.3, start_step=32_000, end_step=120_000
+    method="rigl", sparsity=0.9, update_every=250, drop_fraction=0.3, start_step=32_000, end_step=120_000,
+    sparse_init=True,
 )
 
 
@@ -71,8 +85,16 @@ class Config:
     """Activation of the MLP torsos."""
     width_multiplier: float = 1.0
     """Scales every hidden layer of both networks (to match a dense network to a sparse one's parameter count)."""
-    init_log_std: float = 0.0
-    """Initial value of the state-independent log standard deviation (Box actions)."""
+    value_activation: str = "relu"
+    """Activation of the value MLP (tf-agents ValueNetwork's default, relu; the actor uses `activation`)."""
+    initializer: str = "tf_agents"
+    """Weight initialisation: tf_agents (the paper's networks) or orthogonal (CleanRL / SB3)."""
+    init_std: float = 0.35
+    """Initial standard deviation of the state-independent Gaussian (Box actions; sparse_ppo_actor_network.py std_layers: softplus bias at 0.35)."""
+    std_transform: str = "softplus"
+    """Map from the std parameter to the std: softplus (the paper's code) or exp (a log-std parameter)."""
+    squash_mean: bool = True
+    """Squash the Gaussian mean into the action bounds with tanh (sparse_ppo_actor_network.py tanh_and_scale_to_spec)."""
     num_envs: int = 1
     """Environments stepped together in one vector env."""
     rollout_length: int = 2048
@@ -88,9 +110,9 @@ class Config:
     adam_eps: float = 1e-5
     """Adam epsilon."""
     max_grad_norm: float | None = 0.5
-    """Clip each network's gradient to this global norm before Adam (None: no clipping)."""
+    """Clip the gradient of both networks together to this global norm before Adam (None: no clipping)."""
     weight_decay: float | None = None
-    """Decoupled weight decay (AdamW) of both networks; None takes the paper's value for each network's sparsity method (weight_decay_table)."""
+    """L2 term weight_decay * sum(w^2) over each network's kernels, added to the loss; None takes the paper's value for each network's sparsity method (weight_decay_table)."""
     weight_decay_table: str = "mujoco"
     """Which paper table supplies weight_decay when it is None: mujoco (dense/prune 1e-6, static 0, RigL 1e-4, SET 1e-6) or atari (0)."""
     clip_epsilon: float = 0.2
@@ -122,7 +144,7 @@ class Config:
     value_sparsity: SparsityConfig = _PAPER_SPARSITY
     """Sparsity of the value network (its own ERK budget; schedule counted in gradient steps)."""
     schedule_start_fraction: float | None = PAPER_START_FRACTION
-    """Start of the pruning window as a fraction of the run's gradient steps (None: use each sparsity config's start_step)."""
+    """Start of the pruning window as a fraction of the run's gradient steps (None: use each sparsity config's start_step); the paper's 32k of 489 x 320."""
     schedule_end_fraction: float | None = PAPER_END_FRACTION
     """End of the pruning window / last SET-RigL update as a fraction of gradient steps (None: use end_step)."""
 
@@ -139,8 +161,11 @@ class Config:
         nets.get_activation(self.activation)
         check(_real(self.width_multiplier) and self.width_multiplier > 0, "width_multiplier",
               f"must be > 0, got {self.width_multiplier!r}")
-        check(_real(self.init_log_std) and math.isfinite(self.init_log_std), "init_log_std",
-              f"must be a finite number, got {self.init_log_std!r}")
+        nets.get_activation(self.value_activation, "value_activation")
+        check_choice(self.initializer, "initializer", INITIALIZERS)
+        check_choice(self.std_transform, "std_transform", STD_TRANSFORMS)
+        check(_real(self.init_std) and math.isfinite(self.init_std) and self.init_std > 0, "init_std",
+              f"must be a finite number > 0, got {self.init_std!r}")
         for name in ("num_envs", "rollout_length", "epochs", "minibatch_size"):
             value = getattr(self, name)
             check(_int(value) and value >= 1, name, f"must be an int >= 1, got {value!r}")
@@ -168,7 +193,7 @@ class Config:
               f"must be > 0, got {self.observation_clip!r}")
         check(_real(self.reward_clip) and self.reward_clip > 0, "reward_clip", f"must be > 0, got {self.reward_clip!r}")
         for name in ("anneal_learning_rate", "clip_value_loss", "normalize_advantages", "normalize_observations",
-                     "normalize_rewards", "deterministic_evaluation"):
+                     "normalize_rewards", "deterministic_evaluation", "squash_mean"):
             check(isinstance(getattr(self, name), bool), name, f"must be True or False, got {getattr(self, name)!r}")
         for name in ("actor_sparsity", "value_sparsity"):
             if not isinstance(getattr(self, name), SparsityConfig):
@@ -218,6 +243,11 @@ PRESETS: dict[str, Config] = {
         entropy_coef=0.0,
         normalize_observations=False,
         normalize_rewards=False,
+        value_activation="tanh",
+        initializer="orthogonal",
+        init_std=1.0,
+        std_transform="exp",
+        squash_mean=False,
     ),
     # CleanRL's Atari PPO: 8 envs x 128 steps, 4 epochs of 4 minibatches, Nature CNN per network.
     "atari": Config(
@@ -234,14 +264,21 @@ PRESETS: dict[str, Config] = {
         normalize_rewards=False,
         deterministic_evaluation=False,
         weight_decay_table="atari",
+        initializer="orthogonal",
+        init_std=1.0,
+        std_transform="exp",
+        squash_mean=False,
     ),
 }
 
-# Per-method schedule defaults (update interval, drop fraction) by preset: PAPER.md's PPO values
-# (RigL every 250 with drop 0.3, pruning every 500); SET takes RigL's.
+# Per-method defaults by preset: PAPER.md's PPO values (RigL every 250 with drop 0.3, pruning every
+# 500; SET takes RigL's) and the sparse init that ppo_mujoco_sparse_config.gin turns on for static,
+# SET and RigL (init_masks.fixed_sparse_init = True; pruning starts dense).
 METHOD_DEFAULTS = {
-    preset: {"prune": dict(update_every=500), "set": dict(update_every=250, drop_fraction=0.3),
-             "rigl": dict(update_every=250, drop_fraction=0.3)}
+    preset: {"dense": dict(sparse_init=False), "static": dict(sparse_init=True),
+             "prune": dict(update_every=500, sparse_init=False),
+             "set": dict(update_every=250, drop_fraction=0.3, sparse_init=True),
+             "rigl": dict(update_every=250, drop_fraction=0.3, sparse_init=True)}
     for preset in PRESETS
 }
 
@@ -342,11 +379,24 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
     normalize_obs = config.normalize_observations and not image
 
     # --- networks ---------------------------------------------------------------------------
-    hidden_init = hk.initializers.Orthogonal(math.sqrt(2.0))
+    if config.initializer == "tf_agents":
+        hidden_init = hk.initializers.Orthogonal(1.0)
+        policy_init = hk.initializers.VarianceScaling(0.1, "fan_in", "truncated_normal")
+        value_init = hk.initializers.RandomUniform(-0.03, 0.03)
+    else:
+        hidden_init = hk.initializers.Orthogonal(math.sqrt(2.0))
+        policy_init = hk.initializers.Orthogonal(0.01)
+        value_init = hk.initializers.Orthogonal(1.0)
+    if config.std_transform == "softplus":
+        std_of, std_param_init = jax.nn.softplus, math.log(math.expm1(config.init_std))
+    else:
+        std_of, std_param_init = jnp.exp, math.log(config.init_std)
+    if not discrete and config.squash_mean:
+        center, half_range = jnp.asarray((high + low) / 2.0), jnp.asarray((high - low) / 2.0)
 
-    def torso(widths):
+    def torso(widths, activation):
         if config.network == "mlp":
-            return nets.make_torso("mlp", widths=widths, activation=config.activation,
+            return nets.make_torso("mlp", widths=widths, activation=activation,
                                    width_multiplier=config.width_multiplier, w_init=hidden_init)
         if callable(config.network):
             return config.network()
@@ -358,17 +408,19 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
         return obs
 
     def actor_fn(obs):
-        features = torso(config.actor_widths)(prepare(obs))
-        out = hk.Linear(num_actions, w_init=hk.initializers.Orthogonal(0.01), name="policy_head")(features)
+        features = torso(config.actor_widths, config.activation)(prepare(obs))
+        out = hk.Linear(num_actions, w_init=policy_init, name="policy_head")(features)
         if discrete:
             return out, None
-        log_std = hk.get_parameter("log_std", (num_actions,), jnp.float32,
-                                   init=hk.initializers.Constant(config.init_log_std))
-        return out, jnp.broadcast_to(log_std, out.shape)
+        if config.squash_mean:
+            out = center + half_range * jnp.tanh(out)
+        std_param = hk.get_parameter("std_param", (num_actions,), jnp.float32,
+                                     init=hk.initializers.Constant(std_param_init))
+        return out, jnp.broadcast_to(jnp.log(std_of(std_param)), out.shape)
 
     def value_fn(obs):
-        features = torso(config.value_widths)(prepare(obs))
-        return hk.Linear(1, w_init=hk.initializers.Orthogonal(1.0), name="value_head")(features)[..., 0]
+        features = torso(config.value_widths, config.value_activation)(prepare(obs))
+        return hk.Linear(1, w_init=value_init, name="value_head")(features)[..., 0]
 
     actor_net = hk.without_apply_rng(hk.transform(actor_fn))
     value_net = hk.without_apply_rng(hk.transform(value_fn))
@@ -387,14 +439,28 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
     }
 
     def optimiser(name):
-        adam = common.adam_or_adamw(learning_rate, decays[name], config.adam_eps)
-        if config.max_grad_norm is None:
-            return adam
-        return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
+        # The L2 term and the clipping span both networks, so they are applied in `sgd_step`.
+        return optax.adam(learning_rate, eps=config.adam_eps)
+
+    def regularised_clipped(actor_grads, value_grads, actor_params, value_params, actor_opt, value_opt):
+        """Masked loss gradients + 2 wd w on kernels, clipped jointly to max_grad_norm (the paper's
+        single optimiser over both networks: ppo_train_eval.py SparsePPOAgent._train)."""
+        out = []
+        for grads, params, opt_state, name in ((actor_grads, actor_params, actor_opt, "actor"),
+                                               (value_grads, value_params, value_opt, "value")):
+            grads = apply_masks(grads, get_masks(opt_state))
+            if decays[name] > 0.0:
+                kernels = common.kernel_mask(params)
+                grads = jax.tree_util.tree_map(
+                    lambda g, p, k: g + 2.0 * decays[name] * p if k else g, grads, params, kernels)
+            out.append(grads)
+        if config.max_grad_norm is not None:
+            out, _ = optax.clip_by_global_norm(config.max_grad_norm).update(tuple(out), optax.EmptyState())
+        return out
 
     # The wrappers' states hold masks and keys; their own key is only read at init.
-    actor_tx = sparsify(optimiser("actor"), sparsity["actor"], key=jax.random.PRNGKey(0))
-    value_tx = sparsify(optimiser("value"), sparsity["value"], key=jax.random.PRNGKey(0))
+    actor_tx = sparsify(optimiser("actor"), sparsity["actor"], key=jax.random.PRNGKey(0), timing=MASK_TIMING)
+    value_tx = sparsify(optimiser("value"), sparsity["value"], key=jax.random.PRNGKey(0), timing=MASK_TIMING)
 
     def init(key):
         actor_key, value_key, actor_mask_key, value_mask_key, actor_init_key, value_init_key = jax.random.split(key, 6)
@@ -405,11 +471,12 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
             (value_net, "value", value_key, value_mask_key, value_init_key),
         ):
             params = net.init(net_key, dummy)
-            opt_state = sparsify(optimiser(tx_name), sparsity[tx_name], key=mask_key).init(params)
+            opt_state = sparsify(optimiser(tx_name), sparsity[tx_name], key=mask_key,
+                                 timing=MASK_TIMING).init(params)
             masks = get_masks(opt_state)
             params = apply_masks(params, masks)
             if sparsity[tx_name].sparse_init:
-                params = sparse_init(init_key, params, masks)
+                params = sparse_init(init_key, params, masks, sparsity[tx_name])
             out.append((params, opt_state))
         (actor_params, actor_opt), (value_params, value_opt) = out
         zero = jnp.zeros((), jnp.int32)
@@ -520,9 +587,16 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
             actor_params, value_params, actor_opt, value_opt = carry
             mb = jax.tree_util.tree_map(lambda x: x[idx], flat)
             (actor_grads, value_grads), metrics = grad_fn(actor_params, value_params, state.obs_norm, mb)
-            updates, actor_opt = actor_tx.update(actor_grads, actor_opt, actor_params, topology=topology)
+            actor_step, value_step = regularised_clipped(actor_grads, value_grads, actor_params, value_params,
+                                                         actor_opt, value_opt)
+            # RigL grows by the loss gradient (the mask updaters' loss_fn has no L2 term); the step
+            # uses the regularised, clipped one. `sparsify` reads the dense gradient for growth
+            # through `grow_grads`.
+            updates, actor_opt = actor_tx.update(actor_step, actor_opt, actor_params, topology=topology,
+                                                 grow_grads=actor_grads)
             actor_params = optax.apply_updates(actor_params, updates)
-            updates, value_opt = value_tx.update(value_grads, value_opt, value_params, topology=topology)
+            updates, value_opt = value_tx.update(value_step, value_opt, value_params, topology=topology,
+                                                 grow_grads=value_grads)
             value_params = optax.apply_updates(value_params, updates)
             metrics["actor_grad_norm"] = optax.global_norm(actor_grads)
             metrics["value_grad_norm"] = optax.global_norm(value_grads)
@@ -545,7 +619,7 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
         if discrete:
             metrics["advantage_mean"] = jnp.mean(advantages)
         else:
-            metrics["action_std"] = jnp.mean(jnp.exp(carry[0]["~"]["log_std"]))
+            metrics["action_std"] = jnp.mean(std_of(carry[0]["~"]["std_param"]))
 
         obs_norm = running.update(state.obs_norm, rollout.obs) if normalize_obs else state.obs_norm
         new_state = PPOState(

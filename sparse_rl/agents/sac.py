@@ -2,7 +2,9 @@
 
 Networks (Haiku, knowing nothing of masks):
   - actor: torso (MLP 256-256 ReLU) -> one linear layer of 2|A| outputs (mean and log-std, the
-    paper's "17-256-256-12" actor on HalfCheetah), log-std clipped to [log_std_min, log_std_max];
+    paper's "17-256-256-12" actor on HalfCheetah), log-std unclipped as in the paper's code
+    (tf-agents TanhNormalProjectionNetwork, std = exp) unless log_std_min / log_std_max are set;
+    every kernel Glorot uniform (sac_train_eval.py: kernel_initializer='glorot_uniform');
     actions are tanh(mean + std * noise), rescaled from [-1, 1] to the Box bounds;
   - critic1, critic2: torso (MLP 256-256 ReLU) on concat[obs, action in [-1, 1]] -> linear 1.
     The two critics are separate param trees with separate `sparsify` optimiser states (each its own
@@ -33,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import rlax
 
 from sparse_rl import nets
 from sparse_rl.agents import common
@@ -42,6 +43,10 @@ from sparse_rl.analysis.gradient_flow import AnalysisHook
 from sparse_rl.errors import ConfigError, check, check_choice, check_fields
 from sparse_rl.sparsity import (METHODS, SparsityConfig, apply_masks, get_masks, mask_update_steps, sparse_init,
                                sparsify)
+
+# The paper's SAC updates masks after the step's gradient updates (sac_train_eval.py
+# SparseSacAgent._train: critic and actor apply_gradients, then the mask updaters).
+MASK_TIMING = "after"
 
 # PAPER.md: SAC uses weight decay 1e-4 for every method except RigL (1e-6). Resolved per network
 # from that network's own sparsity method.
@@ -53,13 +58,15 @@ LONG_WARMUP_ENVS = ("HalfCheetah", "Ant")
 # Per-method schedule defaults of the paper (update interval, drop fraction) by preset. The
 # windows (prune 0.2 -> 0.8 of the gradient steps, SET/RigL updates until 0.8) come from
 # `schedule_start_fraction` / `schedule_end_fraction`.
+# sparse_init: sac_mujoco_sparse_config.gin turns on init_masks.fixed_sparse_init for static, SET
+# and RigL; pruning starts dense (sac_mujoco_pruning_config.gin), so no sparse init.
 METHOD_DEFAULTS = {
     "mujoco": {
-        "dense": {},
-        "static": {},
-        "prune": dict(update_every=1000),
-        "set": dict(update_every=250, drop_fraction=0.3),
-        "rigl": dict(update_every=1000, drop_fraction=0.5),
+        "dense": dict(sparse_init=False),
+        "static": dict(sparse_init=True),
+        "prune": dict(update_every=1000, sparse_init=False),
+        "set": dict(update_every=250, drop_fraction=0.3, sparse_init=True),
+        "rigl": dict(update_every=1000, drop_fraction=0.5, sparse_init=True),
     },
 }
 
@@ -96,20 +103,22 @@ class Config:
     """Activation of the MLP torsos."""
     width_multiplier: float = 1.0
     """Scales every hidden layer of actor and critics (to match a dense network to a sparse one's parameter count)."""
-    log_std_min: float = -20.0
-    """Lower clip of the actor's log standard deviation."""
-    log_std_max: float = 2.0
-    """Upper clip of the actor's log standard deviation."""
+    log_std_min: float | None = None
+    """Lower clip of the actor's log standard deviation (None: no clip, as the paper's code)."""
+    log_std_max: float | None = None
+    """Upper clip of the actor's log standard deviation (None: no clip, as the paper's code)."""
+    reward_scale: float = 0.1
+    """Rewards are multiplied by this in the critic target (sac_train_eval.py reward_scale_factor=0.1)."""
     actor_learning_rate: float = 3e-4
     """Adam learning rate of the actor."""
     critic_learning_rate: float = 3e-4
     """Adam learning rate of the critics."""
     temperature_learning_rate: float = 3e-4
     """Adam learning rate of log alpha."""
-    adam_eps: float = 1e-8
-    """Adam epsilon (all three optimisers)."""
+    adam_eps: float = 1e-7
+    """Adam epsilon (all three optimisers; Keras Adam's default, the tf-agents code's)."""
     weight_decay: float | None = None
-    """Decoupled weight decay (AdamW) of actor and critics; None takes the paper's per-method value (1e-4, RigL 1e-6)."""
+    """L2 term weight_decay * sum(w^2) over the kernels of actor and critics, added to their losses; None takes the paper's per-method value (1e-4, RigL 1e-6)."""
     batch_size: int = 256
     """Replay minibatch size per gradient step."""
     gamma: float = 0.99
@@ -133,9 +142,9 @@ class Config:
     critic_sparsity: SparsityConfig = _rigl()
     """Sparsity of each critic (each critic gets its own masks and ERK budget from this config)."""
     schedule_start_fraction: float | None = 0.2
-    """Start of the pruning window as a fraction of the run's gradient steps (None: use the configs' start_step)."""
+    """Start of the pruning window as a fraction of the run's step budget, steps / train_every x gradient_steps gradient steps (None: use the configs' start_step)."""
     schedule_end_fraction: float | None = 0.8
-    """End of the pruning window / last SET-RigL update as a fraction of gradient steps (None: use the configs' end_step)."""
+    """End of the pruning window / last SET-RigL update, same fraction (None: use the configs' end_step)."""
 
     def __post_init__(self):
         check_fields(self, skip=("actor_network", "critic_network"))  # issue 7: wrong types / NaN / Inf -> ConfigError naming the field
@@ -151,8 +160,11 @@ class Config:
             object.__setattr__(self, name, tuple(int(w) for w in widths))
         nets.get_activation(self.activation)
         check(self.width_multiplier > 0, "width_multiplier", f"must be > 0, got {self.width_multiplier}")
-        check(self.log_std_min < self.log_std_max, "log_std_min",
+        check((self.log_std_min is None) == (self.log_std_max is None), "log_std_min",
+              "log_std_min and log_std_max must both be set or both be None")
+        check(self.log_std_min is None or self.log_std_min < self.log_std_max, "log_std_min",
               f"must be < log_std_max, got {self.log_std_min} >= {self.log_std_max}")
+        check(self.reward_scale > 0, "reward_scale", f"must be > 0, got {self.reward_scale}")
         for name in ("actor_learning_rate", "critic_learning_rate", "temperature_learning_rate", "adam_eps"):
             value = getattr(self, name)
             check(value > 0, name, f"must be > 0, got {value}")
@@ -210,6 +222,16 @@ def total_gradient_steps(config: Config, total_env_steps: int, learning_starts: 
     return updates * config.gradient_steps
 
 
+def schedule_horizon(config: Config, total_env_steps: int) -> int:
+    """Gradient steps the schedule fractions refer to: env steps / train_every x gradient_steps.
+
+    The paper's windows are absolute gradient steps, 200k-800k of a 1M-step run after its random
+    collect (sac_mujoco_pruning_config.gin; sac_mujoco_sparse_config.gin last_update_step 800000),
+    so the warm-up is not subtracted.
+    """
+    return max(int(total_env_steps) // config.train_every, 1) * config.gradient_steps
+
+
 class SACState(NamedTuple):
     actor_params: Any
     critic_params: tuple[Any, Any]          # (critic1, critic2), each exactly masked
@@ -223,13 +245,19 @@ class SACState(NamedTuple):
 
 # --- networks --------------------------------------------------------------------------------
 
+# sac_train_eval.py: every Dense kernel 'glorot_uniform' (create_fc_layers, the value layer, and
+# the Keras default of SparseTanhNormalProjectionNetwork's projection layer); biases zero.
+GLOROT_UNIFORM = hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform")
+
+
 def _torso(spec, widths, config: Config):
     if callable(spec):
         return spec()
     if spec == "mlp":
         return nets.make_torso("mlp", widths=widths, activation=config.activation,
-                               width_multiplier=config.width_multiplier, activate_final=True)
-    return nets.make_torso(spec, width_multiplier=config.width_multiplier)
+                               width_multiplier=config.width_multiplier, activate_final=True,
+                               w_init=GLOROT_UNIFORM)
+    return nets.make_torso(spec, width_multiplier=config.width_multiplier, w_init=GLOROT_UNIFORM)
 
 
 def _flat(x: jax.Array, feature_ndim: int) -> jax.Array:
@@ -248,8 +276,10 @@ def actor_network(config: Config, obs_shape, action_dim: int) -> hk.Transformed:
         features = _torso(config.actor_network, config.actor_widths, config)(x)
         if features.ndim > 2:
             features = features.reshape(features.shape[0], -1)
-        out = hk.Linear(2 * action_dim, name="policy_head")(features)
+        out = hk.Linear(2 * action_dim, w_init=GLOROT_UNIFORM, name="policy_head")(features)
         mean, log_std = jnp.split(out, 2, axis=-1)
+        if config.log_std_min is None:
+            return mean, log_std
         return mean, jnp.clip(log_std, config.log_std_min, config.log_std_max)
 
     return hk.without_apply_rng(hk.transform(forward))
@@ -262,7 +292,7 @@ def critic_network(config: Config, obs_shape) -> hk.Transformed:
         x = jnp.concatenate([_flat(obs, len(obs_shape)).astype(jnp.float32),
                              action.astype(jnp.float32)], axis=-1)
         features = _torso(config.critic_network, config.critic_widths, config)(x)
-        return hk.Linear(1, name="q_head")(features)[..., 0]
+        return hk.Linear(1, w_init=GLOROT_UNIFORM, name="q_head")(features)[..., 0]
 
     return hk.without_apply_rng(hk.transform(forward))
 
@@ -328,24 +358,24 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
     obs_shape = tuple(obs_spec.shape)
     learning_starts = (config.learning_starts if config.learning_starts is not None
                        else default_learning_starts(env_spec.env_id))
-    grad_steps = total_gradient_steps(config, total_steps, learning_starts)
+    horizon = schedule_horizon(config, total_steps)
     actor_sparsity, critic_sparsity = (
-        common.resolve_schedule(cfg, grad_steps, config.schedule_start_fraction, config.schedule_end_fraction)
+        common.resolve_schedule(cfg, horizon, config.schedule_start_fraction, config.schedule_end_fraction)
         for cfg in (config.actor_sparsity, config.critic_sparsity)
     )
     target_entropy = float(-action_dim if config.target_entropy is None else config.target_entropy)
 
     actor = actor_network(config, obs_shape, action_dim)
     critic = critic_network(config, obs_shape)
-    actor_opt = common.adam_or_adamw(config.actor_learning_rate, _weight_decay(config, actor_sparsity),
+    actor_opt = common.adam_with_l2(config.actor_learning_rate, _weight_decay(config, actor_sparsity),
+                                    config.adam_eps)
+    critic_opt = common.adam_with_l2(config.critic_learning_rate, _weight_decay(config, critic_sparsity),
                                      config.adam_eps)
-    critic_opt = common.adam_or_adamw(config.critic_learning_rate, _weight_decay(config, critic_sparsity),
-                                      config.adam_eps)
     temperature_tx = optax.adam(config.temperature_learning_rate, eps=config.adam_eps)
     # The sparsify state carries masks, targets, counters and keys, so the transformations are
     # stateless: `update` uses copies built with a fixed key (the key is only read at init).
-    actor_tx = sparsify(actor_opt, actor_sparsity, key=jax.random.PRNGKey(0))
-    critic_tx = sparsify(critic_opt, critic_sparsity, key=jax.random.PRNGKey(0))
+    actor_tx = sparsify(actor_opt, actor_sparsity, key=jax.random.PRNGKey(0), timing=MASK_TIMING)
+    critic_tx = sparsify(critic_opt, critic_sparsity, key=jax.random.PRNGKey(0), timing=MASK_TIMING)
 
     low_j, high_j = jnp.asarray(low), jnp.asarray(high)
 
@@ -360,11 +390,11 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         return jax.vmap(critic.apply, in_axes=(0, None, None))(stacked, obs, action)  # [2, B]
 
     def sparse_network(opt, sparsity, params, mask_key, init_key):
-        opt_state = sparsify(opt, sparsity, key=mask_key).init(params)
+        opt_state = sparsify(opt, sparsity, key=mask_key, timing=MASK_TIMING).init(params)
         masks = get_masks(opt_state)
         params = apply_masks(params, masks)
         if sparsity.sparse_init:
-            params = sparse_init(init_key, params, masks)
+            params = sparse_init(init_key, params, masks, sparsity)
         return params, opt_state
 
     def init(key):
@@ -402,17 +432,18 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         return to_env(action).astype(action_dtype)
 
     def critic_loss_fn(critic_params, state: SACState, batch, key):
-        """0.5 * (MSE_1 + MSE_2) to the soft Bellman target (from the target critics)."""
+        """MSE_1 + MSE_2 to the soft Bellman target (tf-agents SacAgent.critic_loss with
+        td_errors_loss_fn=tf.math.squared_difference, sac_train_eval.py), reward scaled by reward_scale."""
         alpha = jnp.exp(state.log_alpha)
         next_mean, next_log_std = actor.apply(state.actor_params, batch.next_obs)
         next_action, next_log_prob = sample_tanh_gaussian(key, next_mean, next_log_std)
         next_q = jnp.min(twin_q(state.target_critic_params, batch.next_obs, next_action), axis=0)
         discount = config.gamma * batch.discount.astype(jnp.float32)
-        target = batch.reward.astype(jnp.float32) + discount * (next_q - alpha * next_log_prob)
+        reward = config.reward_scale * batch.reward.astype(jnp.float32)
+        target = reward + discount * (next_q - alpha * next_log_prob)
         q = twin_q(critic_params, batch.obs, from_env(batch.action))
-        # rlax.l2_loss is 0.5 * td^2.
         td = q - jax.lax.stop_gradient(target)[None]
-        return jnp.sum(jnp.mean(rlax.l2_loss(td), axis=1)), q
+        return jnp.sum(jnp.mean(jnp.square(td), axis=1)), q
 
     def actor_loss_fn(actor_params, critic_params, alpha, batch, key):
         """Reparameterised policy loss E[alpha * log pi(a|s) - min_i Q_i(s, a)], a ~ pi(.|s)."""

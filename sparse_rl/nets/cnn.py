@@ -29,13 +29,15 @@ class NatureCNN(hk.Module):
     """Mnih et al. (2015) torso: conv 32-8x8-s4, 64-4x4-s2, 64-3x3-s1, flatten, dense 512, all ReLU.
 
     Input `[..., 84, 84, C]` (channels last). Integer (uint8) pixels are scaled to [0, 1] inside;
-    float input is taken as already scaled. With `padding="VALID"` the flatten size for 84x84 is
-    7*7*64 = 3136; the paper's code used "SAME" (11*11*64 = 7744). `width_multiplier` scales every
-    channel count and the dense width.
+    float input is taken as already scaled. Padding defaults to the paper's code, "SAME"
+    (rigl/rl/dqn_agents.py NatureDQNNetwork: padding='same', flatten 11*11*64 = 7744, the shapes
+    its ERK split and PAPER.md's ERK numbers use); "VALID" is Mnih et al.'s (7*7*64 = 3136).
+    `width_multiplier` scales every channel count and the dense width. `w_init`: initialiser of
+    every kernel (None: Haiku's truncated-normal fan-in default).
     """
 
-    def __init__(self, width_multiplier: float = 1.0, padding: str = "VALID", dense: int = 512,
-                 name: str | None = None):
+    def __init__(self, width_multiplier: float = 1.0, padding: str = "SAME", dense: int = 512,
+                 w_init=None, name: str | None = None):
         super().__init__(name=name)
         padding = padding.upper() if isinstance(padding, str) else padding
         check_choice(padding, "padding", ("VALID", "SAME"))
@@ -43,9 +45,9 @@ class NatureCNN(hk.Module):
         self.padding = padding
         self.channels = tuple(scaled_width(c, m) for c in (32, 64, 64))
         self.dense = scaled_width(dense, m)
-        self.convs = tuple(hk.Conv2D(c, k, stride=s, padding=padding, name=f"conv_{i}")
+        self.convs = tuple(hk.Conv2D(c, k, stride=s, padding=padding, w_init=w_init, name=f"conv_{i}")
                            for i, (c, k, s) in enumerate(zip(self.channels, (8, 4, 3), (4, 2, 1))))
-        self.linear = hk.Linear(self.dense, name="linear")
+        self.linear = hk.Linear(self.dense, w_init=w_init, name="linear")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x, lead = _prepare_pixels(x)
@@ -57,10 +59,10 @@ class NatureCNN(hk.Module):
 
 
 class _ResidualBlock(hk.Module):
-    def __init__(self, channels: int, name: str | None = None):
+    def __init__(self, channels: int, w_init=None, name: str | None = None):
         super().__init__(name=name)
-        self.conv_0 = hk.Conv2D(channels, 3, padding="SAME", name="conv_0")
-        self.conv_1 = hk.Conv2D(channels, 3, padding="SAME", name="conv_1")
+        self.conv_0 = hk.Conv2D(channels, 3, padding="SAME", w_init=w_init, name="conv_0")
+        self.conv_1 = hk.Conv2D(channels, 3, padding="SAME", w_init=w_init, name="conv_1")
 
     def __call__(self, x):
         y = self.conv_0(jax.nn.relu(x))
@@ -76,7 +78,7 @@ class ImpalaResNet(hk.Module):
     """
 
     def __init__(self, stacks: Sequence[int] = (32, 64, 64), dense: int = 512,
-                 width_multiplier: float = 1.0, name: str | None = "impala"):
+                 width_multiplier: float = 1.0, w_init=None, name: str | None = "impala"):
         super().__init__(name=name)
         stacks = tuple(stacks)
         check(len(stacks) > 0 and all(isinstance(c, int) and c > 0 for c in stacks), "stacks",
@@ -85,11 +87,11 @@ class ImpalaResNet(hk.Module):
         self.stacks = tuple(scaled_width(c, m) for c in stacks)
         self.dense = scaled_width(dense, m)
         self.blocks = tuple(
-            (hk.Conv2D(c, 3, padding="SAME", name=f"stack_{i}_conv"),
-             _ResidualBlock(c, name=f"stack_{i}_res_0"),
-             _ResidualBlock(c, name=f"stack_{i}_res_1"))
+            (hk.Conv2D(c, 3, padding="SAME", w_init=w_init, name=f"stack_{i}_conv"),
+             _ResidualBlock(c, w_init=w_init, name=f"stack_{i}_res_0"),
+             _ResidualBlock(c, w_init=w_init, name=f"stack_{i}_res_1"))
             for i, c in enumerate(self.stacks))
-        self.linear = hk.Linear(self.dense, name="linear")
+        self.linear = hk.Linear(self.dense, w_init=w_init, name="linear")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x, lead = _prepare_pixels(x)

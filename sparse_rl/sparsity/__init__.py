@@ -15,7 +15,7 @@ from sparse_rl.sparsity.init import sparse_init
 from sparse_rl.sparsity.masks import (apply_masks, init_masks, magnitude_masks, nm_random_mask,
                                       nm_topk_mask, num_topology_changes, num_zeros, random_mask,
                                       sparsity_summary, topk_mask)
-from sparse_rl.sparsity.optim import SparseState, get_masks, get_sparse_state, sparsify
+from sparse_rl.sparsity.optim import MASK_TIMINGS, SparseState, get_masks, get_sparse_state, sparsify
 from sparse_rl.sparsity.schedules import (drop_fraction, is_update_step, mask_update_due, mask_update_steps,
                                          next_mask_update, pruning_sparsity)
 from sparse_rl.sparsity.topology import drop_grow_leaf, prune_leaf, update_masks
@@ -24,7 +24,7 @@ __all__ = [
     "DISTRIBUTIONS", "METHODS", "SparsityConfig", "leaf_paths", "parse_structure",
     "target_sparsities", "sparse_init", "apply_masks", "init_masks", "magnitude_masks",
     "nm_random_mask", "nm_topk_mask", "num_topology_changes", "num_zeros", "random_mask",
-    "sparsity_summary", "topk_mask", "SparseState", "get_masks", "get_sparse_state", "sparsify",
+    "sparsity_summary", "topk_mask", "MASK_TIMINGS", "SparseState", "get_masks", "get_sparse_state", "sparsify",
     "drop_fraction", "is_update_step", "mask_update_due", "mask_update_steps", "next_mask_update", "pruning_sparsity", "drop_grow_leaf", "prune_leaf",
     "update_masks",
 ]

@@ -16,15 +16,28 @@ from sparse_rl.sparsity.config import SparsityConfig, leaf_paths
 from sparse_rl.sparsity.distributions import leaf_plan, target_sparsities
 
 
-def num_zeros(sparsity, n: int):
-    """floor(sparsity * n) as int32, robust to float32 rounding of the sparsity.
+def num_zeros(sparsity, n):
+    """floor(sparsity * n) as int32, exact for sparsities given to 6 decimals, for any n < 2**31.
 
-    float32(0.9) * 1000 evaluates to 899.99998; the intended count is 900, so values within a few
-    ulps below an integer are snapped up before flooring.
+    `n` may be traced. float32(0.9) * 1000 is 899.99998 and float32 products of a million-weight
+    layer are off by up to ~0.1, so a sparsity within float32 error of a multiple of 1e-6 (every
+    level the paper uses, uniform and override targets) is counted as that decimal in exact int32
+    arithmetic (issue 14: a growing snap tolerance gave floor(s*N) + 1 or + 2 above ~1M weights).
+    Any other value (ERK shares, schedule values) is floored from its float32 product.
     """
-    x = jnp.asarray(sparsity, jnp.float32) * jnp.float32(n)
-    z = jnp.floor(x + jnp.abs(x) * jnp.float32(2.0**-21))
-    return jnp.clip(z, 0, n).astype(jnp.int32)
+    s = jnp.asarray(sparsity, jnp.float32)
+    n = jnp.asarray(n, jnp.int32)
+    scaled = s * jnp.float32(1e6)
+    micro = jnp.round(scaled)
+    # float32 error of s * 1e6 for s in [0, 1]: <= 1e6 * 2**-25 (s) + 2**-5 (product) < 0.0625.
+    is_decimal = jnp.abs(scaled - micro) < jnp.float32(0.0625)
+    u = jnp.clip(micro, 0, 1e6).astype(jnp.int32)
+    # floor(u * n / 1e6) with n = q 1e6 + r1 1e3 + r0; every partial product stays below 2**31.
+    q, r = n // 1_000_000, n % 1_000_000
+    a, b = u * (r // 1000), u * (r % 1000)
+    exact = u * q + a // 1000 + ((a % 1000) * 1000 + b) // 1_000_000
+    rough = jnp.floor(s * n.astype(jnp.float32)).astype(jnp.int32)
+    return jnp.clip(jnp.where(is_decimal, exact, rough), 0, n)
 
 
 def _threshold(key, k, within=None):

@@ -1,8 +1,9 @@
 """`sparsify(tx, config)`: an optax wrapper whose state holds the masks.
 
 Per update: mask the gradient, run the inner optimiser, on mask-update steps apply the method's
-rule to the candidate params, start grown connections at 0 with zeroed optimiser moments, and
-return updates that leave params exactly masked after `optax.apply_updates`.
+rule (to the weights before or after the step, or instead of the step: `timing`), start grown
+connections at 0 with zeroed optimiser moments, and return updates that leave params exactly
+masked after `optax.apply_updates`.
 """
 
 from __future__ import annotations
@@ -64,8 +65,20 @@ def _reset_moments(inner_state, params, keep):
     return jax.tree_util.tree_map(reset, inner_state, is_leaf=like_params)
 
 
+# When a step's mask update happens relative to its gradient step (the paper's code differs by agent):
+#   "after":   gradient step, then masks from the updated weights (tf-agents SAC: sac_train_eval.py
+#              SparseSacAgent._train applies critic and actor gradients, then runs the mask updaters);
+#   "before":  masks from the weights before the step, then the gradient step under the new masks
+#              (tf-agents DQN and PPO: dqn_train_eval.py SparseDqnAgent._train and
+#              ppo_train_eval.py SparsePPOAgent._train update masks before apply_gradients);
+#   "instead": SET/RigL mask updates replace that step's gradient step (Dopamine Atari DQN: rigl
+#              sparse_optimizers_base apply_gradients takes tf.cond(is_mask_update_iter, mask
+#              update, gradient step)); pruning there updates masks before the step ("before").
+MASK_TIMINGS = ("after", "before", "instead")
+
+
 def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
-             sparsity=None) -> optax.GradientTransformationExtraArgs:
+             sparsity=None, timing: str = "after") -> optax.GradientTransformationExtraArgs:
     """Wrap `tx` so params stay sparse under `config`.
 
     key: PRNG key for initial masks and mask updates (default PRNGKey(0); may be traced). Only
@@ -76,12 +89,18 @@ def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
     them. `topology` is a trace-time switch: False builds a program without the mask-update branch
     (no `lax.cond`, which on CPU cost 5-15% of a small network's update even when not taken, more
     on a loaded machine, and ~2x under vmap); the caller guarantees no mask update is due at this step (`mask_update_due`).
+    timing: one of MASK_TIMINGS, where the mask update sits relative to the gradient step.
+    `update(..., grow_grads=g)`: RigL grows by `g` instead of `grads` (when the step's gradient is
+    regularised or clipped but growth should follow the loss gradient alone).
     Use it as the outermost transformation: anything applied after it would break the exact
     masking. Params not yet masked (e.g. the caller skipped `apply_masks`) are zeroed by the first
     update.
     """
     if not isinstance(config, SparsityConfig):
         raise ConfigError("config", f"expected SparsityConfig, got {type(config).__name__}")
+    if timing not in MASK_TIMINGS:
+        raise ConfigError("timing", f"unknown mask-update timing {timing!r}", ", ".join(MASK_TIMINGS))
+    skip_step = timing == "instead" and config.method in ("set", "rigl")
     inner = optax.with_extra_args_support(tx)
     base_key = jax.random.PRNGKey(0) if key is None else key
     dynamic = config.method in ("prune", "set", "rigl")
@@ -93,7 +112,7 @@ def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
         return SparseState(inner=inner.init(params), masks=masks, targets=targets,
                            step=jnp.zeros((), jnp.int32), key=k_state)
 
-    def update_fn(grads, state: SparseState, params=None, topology: bool = True, **extra):
+    def update_fn(grads, state: SparseState, params=None, topology: bool = True, grow_grads=None, **extra):
         if config.method == "dense":
             updates, inner_state = inner.update(grads, state.inner, params, **extra)
             return updates, state._replace(inner=inner_state, step=state.step + 1)
@@ -112,16 +131,21 @@ def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
             keep = masks
         else:
             def do_update(inner_state):
-                candidate = optax.apply_updates(params, updates)
-                new = update_masks(sub, masks, candidate, grads, state.targets, state.step, config)
+                weights = optax.apply_updates(params, updates) if timing == "after" else params
+                grow = grads if grow_grads is None else grow_grads
+                new = update_masks(sub, masks, weights, grow, state.targets, state.step, config)
                 both = jax.tree_util.tree_map(jnp.logical_and, new, masks)
-                return new, both, _reset_moments(inner_state, params, both)
+                # A skipped gradient step leaves the optimiser state as it was (moments, count).
+                base = state.inner if skip_step else inner_state
+                return new, both, _reset_moments(base, params, both)
 
             def no_update(inner_state):
                 return masks, masks, inner_state
 
-            new_masks, keep, inner_state = jax.lax.cond(
-                is_update_step(state.step, config), do_update, no_update, inner_state)
+            due = is_update_step(state.step, config)
+            new_masks, keep, inner_state = jax.lax.cond(due, do_update, no_update, inner_state)
+            if skip_step:
+                updates = jax.tree_util.tree_map(lambda u: jnp.where(due, jnp.zeros_like(u), u), updates)
 
         # Kept connections take the inner update; grown ones start at 0 (params there are already
         # 0) and dropped ones go to 0. `-p` makes the sum exactly 0 after apply_updates.

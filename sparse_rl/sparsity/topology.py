@@ -15,14 +15,8 @@ import numpy as np
 
 from sparse_rl.sparsity.config import SparsityConfig
 from sparse_rl.sparsity.distributions import leaf_plan
-from sparse_rl.sparsity.masks import nm_rank_topk, rank_topk
+from sparse_rl.sparsity.masks import nm_rank_topk, num_zeros, rank_topk
 from sparse_rl.sparsity.schedules import drop_fraction, pruning_sparsity
-
-
-def _floor(x):
-    # Same float32 snapping as masks.num_zeros: a few ulps below an integer counts as that integer.
-    x = jnp.asarray(x, jnp.float32)
-    return jnp.floor(x + jnp.abs(x) * jnp.float32(2.0**-21)).astype(jnp.int32)
 
 
 def _prune(mask, weights, target, step, config: SparsityConfig, tie):
@@ -39,7 +33,7 @@ def _prune(mask, weights, target, step, config: SparsityConfig, tie):
 
 def _drop_grow(mask, weights, grow_score, fraction, tie_drop, tie_grow):
     n_active = jnp.sum(mask, dtype=jnp.int32)
-    n = _floor(n_active.astype(jnp.float32) * fraction)
+    n = num_zeros(fraction, n_active)
     score = jnp.where(mask, jnp.abs(weights).astype(jnp.float32), -jnp.inf)
     keep = rank_topk(score, n_active - n, tie_drop)
     grown = rank_topk(jnp.where(keep, -jnp.inf, grow_score.astype(jnp.float32)), n, tie_grow)
