@@ -39,8 +39,12 @@ def test_families_and_unknown_ids():
     assert env_family("HumanoidStandup-v5") == "mujoco"
     assert env_family("ALE/Pong-v5") == "atari"
     assert env_family("ALE/MsPacman-v5") == "atari"
-    for bad in ("CartPole-v9", "HalfCheetah-v4", "ALE/NotAGame-v5", "PongNoFrameskip-v4", 3):
-        with pytest.raises(ConfigError, match=r"^env: .*allowed: classic control: CartPole-v1"):
+    assert env_family("HalfCheetah-v4") == "gym"  # any other registered id: as registered
+    with pytest.raises(ConfigError, match=r"^env: PongNoFrameskip-v4 is an ale-py id without the "
+                                          r"paper's Atari protocol; did you mean ALE/Pong-v5\?"):
+        env_family("PongNoFrameskip-v4")
+    for bad in ("CartPole-v9", "ALE/NotAGame-v5", "PongNoFrameskip-v4", 3, ""):
+        with pytest.raises(ConfigError, match=r"^env: (unknown environment|PongNoFrameskip)"):
             env_family(bad)
         with pytest.raises(ConfigError, match="^env: "):
             make_env(bad, 0)

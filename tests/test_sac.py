@@ -374,7 +374,8 @@ def test_learns_pendulum(tmp_path, method):
 
 
 @pytest.mark.parametrize("env, message", [
-    ("CartPole-v1", r"^env: SAC needs a continuous \(Box\) action space; got Discrete\(2\)"),
+    ("CartPole-v1", r"^env: sac needs Box observations and Box actions; CartPole-v1 has Box "
+                    r"observations and Discrete actions"),
     ("HalfCheetah-v99", r"^env: unknown environment 'HalfCheetah-v99'"),
 ])
 def test_runner_refuses_bad_env_before_writing(tmp_path, env, message):

@@ -97,8 +97,7 @@ class Config:
 
     def __post_init__(self):
         check_fields(self, skip=("network",))  # issue 7: wrong types -> ConfigError naming the field
-        if not callable(self.network):
-            check_choice(self.network, "network", tuple(nets.NETWORKS))
+        object.__setattr__(self, "network", nets.resolve_network(self.network))  # "module:Name" -> callable
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         check(len(self.widths) > 0 and all(w > 0 for w in self.widths), "widths", "must be positive integers")
         nets.get_activation(self.activation)  # issue 7: was only refused when the network was built

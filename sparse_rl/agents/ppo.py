@@ -150,8 +150,7 @@ class Config:
 
     def __post_init__(self):
         check_fields(self, skip=("network",))  # issue 7: wrong types / NaN / Inf -> ConfigError naming the field
-        if not callable(self.network):
-            check_choice(self.network, "network", tuple(nets.NETWORKS))
+        object.__setattr__(self, "network", nets.resolve_network(self.network))  # "module:Name" -> callable
         for name in ("actor_widths", "value_widths"):
             widths = getattr(self, name)
             check(isinstance(widths, (list, tuple)) and len(widths) > 0

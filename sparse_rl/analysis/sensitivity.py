@@ -39,7 +39,7 @@ import numpy as np
 from sparse_rl.errors import ConfigError, RunFileError, check, check_choice
 from sparse_rl.train.rundir import read_json_checked
 
-__all__ = ["LoadedRun", "load_run", "evaluate", "prune_targets", "prune_state",
+__all__ = ["LoadedRun", "load_run", "read_run_config", "evaluate", "prune_targets", "prune_state",
            "layer_sensitivity", "noise_robustness", "write_table", "component_table",
            "DEFAULT_LEVELS", "DEFAULT_NOISE", "MODES", "NOISE_MODES"]
 
@@ -65,7 +65,8 @@ class LoadedRun:
     step: int           # env step of the checkpoint
 
 
-def _read_config(run_dir: Path) -> dict:
+def read_run_config(run_dir: Path) -> dict:
+    """config.json of a run directory (ConfigError naming RUN_DIR if missing or unreadable)."""
     file = run_dir / "config.json"
     if not file.is_file():
         raise ConfigError("RUN_DIR", f"{run_dir} has no config.json", "a run directory written by sparse-rl train")
@@ -75,9 +76,10 @@ def _read_config(run_dir: Path) -> dict:
         raise ConfigError("RUN_DIR", f"{file} is not valid JSON ({e})") from None
 
 
-def load_run(run_dir, step: int | None = None) -> LoadedRun:
+def load_run(run_dir, step: int | None = None, env_spec=None) -> LoadedRun:
     """Rebuild the agent of `run_dir` from its config.json and restore its newest checkpoint
-    (or the one at env step `step`). Raises ConfigError naming RUN_DIR when something is missing."""
+    (or the one at env step `step`). Raises ConfigError naming RUN_DIR when something is missing.
+    `env_spec`: the specs to build the agent for (default: those of the run's env id)."""
     from sparse_rl import envs
     from sparse_rl.train import checkpoint as ckpt
     from sparse_rl import agents
@@ -87,13 +89,14 @@ def load_run(run_dir, step: int | None = None) -> LoadedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError("RUN_DIR", f"{run_dir} is not a directory", "a run directory")
-    cfg = _read_config(run_dir)
+    cfg = read_run_config(run_dir)
     run_dict = dict(cfg.get("run", {}))
     known = {f.name for f in dataclasses.fields(RunConfig)}
     run = dataclass_from_dict(RunConfig, {k: v for k, v in run_dict.items() if k in known})
     spec = agents.spec(run.agent)
     config = dataclass_from_dict(spec.config, cfg.get("agent", {}))
-    env_spec = envs.env_spec(run.env)
+    if env_spec is None:
+        env_spec = envs.env_spec(run.env, **run.env_options())
     agent = spec.make(config, env_spec, run.steps)
     ckpt_dir = run_dir / "checkpoints"
     if not ckpt.steps(ckpt_dir):
@@ -120,7 +123,8 @@ def _noisy(obs, sigma, rng):
 
 
 def evaluate(agent, state, env_id: str, episodes: int, seed: int = 0, *, obs_sigma=0.0,
-             noise_seed: int = 0, max_steps: int | None = None, collect_obs: bool = False):
+             noise_seed: int = 0, max_steps: int | None = None, collect_obs: bool = False,
+             env_options: dict | None = None):
     """Run `episodes` episodes of the agent's evaluation policy (one per env of a vector env).
 
     obs_sigma: standard deviation of Gaussian noise added to every observation the agent sees
@@ -130,7 +134,7 @@ def evaluate(agent, state, env_id: str, episodes: int, seed: int = 0, *, obs_sig
     from sparse_rl import envs
 
     check(isinstance(episodes, int) and episodes > 0, "episodes", f"must be a positive int, got {episodes!r}")
-    env = envs.make_vector_env(env_id, episodes, seed)
+    env = envs.make_vector_env(env_id, episodes, seed, **(env_options or {}))
     space = env.single_action_space
     low = getattr(space, "low", None)
     high = getattr(space, "high", None)

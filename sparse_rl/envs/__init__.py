@@ -8,11 +8,11 @@
 
 from sparse_rl.envs.dm_adapter import EnvSpec, GymEnv, env_spec, make_env, wrap_env
 from sparse_rl.envs.registry import (ATARI_DEFAULTS, CLASSIC_IDS, FAMILIES, MUJOCO_IDS,
-                                     env_family)
+                                     atari_settings, env_family, register_env_factory)
 from sparse_rl.envs.builders import make_gym_env
 from sparse_rl.envs.vector import VectorEnv, make_vector_env
 
 __all__ = ["make_env", "make_vector_env", "VectorEnv", "GymEnv", "EnvSpec", "env_spec",
            "env_family", "wrap_env", "make_gym_env", "ATARI_DEFAULTS", "CLASSIC_IDS", "MUJOCO_IDS",
-           "FAMILIES"]
+           "FAMILIES", "atari_settings", "register_env_factory"]
 

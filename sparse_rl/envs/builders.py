@@ -10,10 +10,11 @@ from gymnasium import spaces
 
 from sparse_rl.envs.registry import atari_settings, env_family
 from sparse_rl.errors import ConfigError, check
+from sparse_rl.extras import require
 
 
 class Float32Observation(gym.ObservationWrapper):
-    """Casts Box observations to float32 (MuJoCo and classic control emit float64)."""
+    """Casts float Box observations to float32 (MuJoCo and classic control emit float64)."""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
@@ -52,18 +53,19 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
 
 
 def _register_ale() -> None:
-    import ale_py
-    gym.register_envs(ale_py)
+    gym.register_envs(require("ale_py", "env (Atari)"))
+    require("cv2", "env (Atari preprocessing)")
 
 
 def make_gym_env(env_id: str, *, max_episode_steps: int | None = None,
-                 **atari: Any) -> tuple[gym.Env, str]:
+                 render_mode: str | None = None, **atari: Any) -> tuple[gym.Env, str]:
     """The wrapped gymnasium env for `env_id` and its family.
 
-    classic / MuJoCo: `gym.make(env_id)` (its registered TimeLimit unless `max_episode_steps`),
-    observations cast to float32. Atari: ale-py's env with `frameskip=1` and sticky actions,
+    classic / MuJoCo / any other gymnasium id: `gym.make(env_id)` (its registered TimeLimit unless
+    `max_episode_steps`), float observations cast to float32 (image observations stay uint8). Atari: ale-py's env with `frameskip=1` and sticky actions,
     `AtariPreprocessing` (frame skip + max-pool, 84x84 grayscale, up to 30 no-op starts),
     a `TimeLimit` in agent steps, `FrameStackObservation` and channels-last uint8 [84, 84, k].
+    `render_mode`: gymnasium's (e.g. "rgb_array" for videos).
     """
     family = env_family(env_id)
     if max_episode_steps is not None:
@@ -74,9 +76,16 @@ def make_gym_env(env_id: str, *, max_episode_steps: int | None = None,
         if atari:
             key = next(iter(atari))
             raise ConfigError(key, f"is an Atari setting, but {env_id} is a {family} env")
-        env = gym.make(env_id, max_episode_steps=max_episode_steps, disable_env_checker=True)
+        if family == "mujoco":
+            require("mujoco", "env (MuJoCo)")
+        render = {} if render_mode is None else {"render_mode": render_mode}  # factories may not take it
+        try:
+            env = gym.make(env_id, max_episode_steps=max_episode_steps, disable_env_checker=True, **render)
+        except gym.error.DependencyNotInstalled as e:
+            raise ConfigError("env", f"{env_id} needs a package that is not installed: {e}") from None
         check_spaces(env.observation_space, env.action_space)
-        if isinstance(env.observation_space, spaces.Box):
+        if (isinstance(env.observation_space, spaces.Box)
+                and np.issubdtype(env.observation_space.dtype, np.floating)):
             env = Float32Observation(env)
         return env, family
 
@@ -87,7 +96,7 @@ def make_gym_env(env_id: str, *, max_episode_steps: int | None = None,
     env = gym.make(env_id, frameskip=1,
                    repeat_action_probability=float(s["repeat_action_probability"]),
                    full_action_space=s["full_action_space"], max_num_frames_per_episode=None,
-                   disable_env_checker=True)
+                   render_mode=render_mode, disable_env_checker=True)
     env = gym.wrappers.AtariPreprocessing(
         env, noop_max=s["noop_max"], frame_skip=s["frame_skip"], screen_size=s["screen_size"],
         terminal_on_life_loss=s["terminal_on_life_loss"], grayscale_obs=True, scale_obs=False)

@@ -12,6 +12,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from sparse_rl.errors import ConfigError
+
 _MASK64 = (1 << 64) - 1
 
 # MuJoCo quantities derived from qpos that gymnasium's envs read *before* stepping (e.g. Ant's
@@ -45,8 +47,24 @@ def _unwrap_to(env: gym.Env, cls: type):
     return find_wrapper(env, cls)
 
 
+def simulator_kind(env: gym.Env, family: str) -> str:
+    """How the simulator state of an env of `family` is saved: the family itself for the paper's
+    envs; for any other gymnasium env, "mujoco" or "classic" when it keeps its state the way those
+    do (`data` of a MuJoCo env, a `state` array), else "opaque" (nothing to save: such a run's
+    checkpoints can be loaded and evaluated, but not resumed exactly)."""
+    if family != "gym":
+        return family
+    u = env.unwrapped
+    if hasattr(u, "model") and hasattr(u, "data") and type(u.data).__module__.startswith("mujoco"):
+        return "mujoco"
+    if isinstance(getattr(u, "state", None), (np.ndarray, tuple, list)):
+        return "classic"
+    return "opaque"
+
+
 def capture(env: gym.Env, family: str) -> dict[str, np.ndarray]:
     """Snapshot of a *reset* gymnasium env built by `make_gym_env`."""
+    family = simulator_kind(env, family)
     u = env.unwrapped
     out: dict[str, np.ndarray] = {"np_random": rng_to_array(u.np_random),
                                   "action_space_rng": rng_to_array(env.action_space.np_random)}
@@ -55,7 +73,8 @@ def capture(env: gym.Env, family: str) -> dict[str, np.ndarray]:
         out["elapsed_steps"] = np.array(tl._elapsed_steps if tl._elapsed_steps is not None else -1,
                                         np.int64)
     if family == "classic":
-        out["physics_state"] = np.array(u.state, dtype=np.float64)
+        # in its own dtype: Acrobot resets to float32 but integrates in float64
+        out["physics_state"] = np.array(u.state, dtype=np.result_type(np.asarray(u.state).dtype, np.float32))
         sbt = getattr(u, "steps_beyond_terminated", None)
         out["steps_beyond_terminated"] = np.array(-1 if sbt is None else sbt, np.int64)
         if hasattr(u, "last_u"):
@@ -77,6 +96,8 @@ def capture(env: gym.Env, family: str) -> dict[str, np.ndarray]:
         out["atari_game_over"] = np.array(bool(pre.game_over))
         fs = _unwrap_to(env, gym.wrappers.FrameStackObservation)
         out["frame_queue"] = np.stack([np.array(f, copy=True) for f in fs.obs_queue])
+    elif family == "opaque":
+        out["opaque"] = np.array(True)
     else:
         raise ValueError(f"unknown family {family!r}")
     return out
@@ -84,6 +105,12 @@ def capture(env: gym.Env, family: str) -> dict[str, np.ndarray]:
 
 def restore(env: gym.Env, family: str, state: dict[str, Any]) -> None:
     """Inverse of `capture`, applied to an env of the same id that has been reset once."""
+    if "opaque" in state:
+        raise ConfigError("resume", f"{env.spec.id if env.spec else 'this env'} keeps its state "
+                          "where sparse_rl cannot save it, so its run cannot continue exactly",
+                          "classic control, MuJoCo, Atari, or an env holding its state in "
+                          "`state` or MuJoCo `data`; start a new run with --out")
+    family = simulator_kind(env, family)
     u = env.unwrapped
     rng_from_array(u.np_random, state["np_random"])
     rng_from_array(env.action_space.np_random, state["action_space_rng"])
@@ -92,9 +119,8 @@ def restore(env: gym.Env, family: str, state: dict[str, Any]) -> None:
         e = int(state["elapsed_steps"])
         tl._elapsed_steps = None if e < 0 else e
     if family == "classic":
-        s = np.array(state["physics_state"], dtype=np.float64)
-        u.state = tuple(s.tolist()) if isinstance(u.state, tuple) else s.astype(
-            np.asarray(u.state).dtype)
+        s = np.array(state["physics_state"])
+        u.state = tuple(s.tolist()) if isinstance(u.state, tuple) else s
         if hasattr(u, "steps_beyond_terminated"):
             sbt = int(state["steps_beyond_terminated"])
             u.steps_beyond_terminated = None if sbt < 0 else sbt

@@ -8,6 +8,7 @@ Build them inside `hk.transform`:
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 import jax
@@ -31,6 +32,27 @@ NETWORKS: dict[str, Callable[..., Any]] = {
 }
 
 
+def resolve_network(spec: str | Callable[..., Any]) -> str | Callable[..., Any]:
+    """A network setting as a config holds it: a registered name, a callable, or the callable that
+    a "module:Name" string names (how config.json stores a callable, and how the command line
+    gives one: `--dqn.network mypkg.nets:MyTorso`)."""
+    if callable(spec) or (isinstance(spec, str) and spec in NETWORKS):
+        return spec
+    allowed = ", ".join(NETWORKS) + ", module:Name of a callable returning a haiku module"
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ConfigError("network", f"unknown network {spec!r}", allowed)
+    module_name, _, qualname = spec.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError("network", f"cannot import {spec!r} ({e})", allowed) from None
+    if not callable(found):
+        raise ConfigError("network", f"{spec!r} is not callable", allowed)
+    return found
+
+
 def make_torso(spec: str | Callable[..., Any], **kw) -> Callable:
     """A torso module from a registered name (`NETWORKS`) or a user callable.
 
@@ -50,5 +72,5 @@ def count_params(params) -> int:
     return int(sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(params)))
 
 
-__all__ = ["MLP", "NatureCNN", "ImpalaResNet", "QHead", "NETWORKS", "make_torso", "count_params",
+__all__ = ["MLP", "NatureCNN", "ImpalaResNet", "QHead", "NETWORKS", "make_torso", "resolve_network", "count_params",
            "scaled_widths", "ACTIVATIONS", "get_activation"]

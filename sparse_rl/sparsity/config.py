@@ -60,16 +60,27 @@ class SparsityConfig:
     """
 
     method: str = "dense"
+    """Sparse training method: dense, static, prune (gradual magnitude pruning), set or rigl."""
     sparsity: float = 0.9
+    """Target fraction of zeros among the sparsified kernels, in [0, 1) (biases and kept-dense layers stay dense)."""
     distribution: str = "erk"
+    """How the budget is split over layers: erk (Erdos-Renyi-Kernel) or uniform."""
     update_every: int = 1000
+    """Gradient steps between mask updates (prune, SET, RigL)."""
     drop_fraction: float = 0.5
+    """Fraction of active weights SET/RigL drop and regrow at the first update (cosine-decayed)."""
     start_step: int = 0
+    """First gradient step of the pruning window (used when the agent's schedule fractions are None)."""
     end_step: int = 75_000
+    """Last mask update, in gradient steps (used when the agent's schedule fractions are None)."""
     dense: tuple[str, ...] = ()
+    """Regexes of parameter paths (e.g. mlp/~/linear_0/w) kept dense."""
     overrides: tuple[tuple[str, float], ...] = ()
+    """(regex, sparsity) pairs: matching kernels get that sparsity, outside the ERK budget."""
     sparse_init: bool = False
+    """Re-initialise the surviving weights for their fan-in (sparse initialisation)."""
     structure: str = "unstructured"
+    """unstructured, or N:M (static and prune only; sparsity must equal 1 - N/M), e.g. 2:4."""
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)

@@ -8,6 +8,7 @@ masked after `optax.apply_updates`.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -81,8 +82,10 @@ def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
              sparsity=None, timing: str = "after") -> optax.GradientTransformationExtraArgs:
     """Wrap `tx` so params stay sparse under `config`.
 
-    key: PRNG key for initial masks and mask updates (default PRNGKey(0); may be traced). Only
-        `init` reads it; later updates use the key carried in the state.
+    key: PRNG key for initial masks and mask updates (may be traced). Only `init` reads it;
+        later updates use the key carried in the state. Without one, a method that draws random
+        masks (static, set, rigl) warns (UserWarning) and uses PRNGKey(0): every seed of a study
+        would otherwise get the same mask without a word.
     sparsity: optional (possibly traced) scalar replacing `config.sparsity`.
     `update(grads, state, params, topology=True, **extra)` needs params; `grads` should be the
     dense gradient at the masked params (RigL grows by it); extra args reach `tx` when it accepts
@@ -102,6 +105,9 @@ def sparsify(tx: optax.GradientTransformation, config: SparsityConfig, key=None,
         raise ConfigError("timing", f"unknown mask-update timing {timing!r}", ", ".join(MASK_TIMINGS))
     skip_step = timing == "instead" and config.method in ("set", "rigl")
     inner = optax.with_extra_args_support(tx)
+    if key is None and config.method in ("static", "set", "rigl"):
+        warnings.warn("sparsify: no key given, so the initial masks come from PRNGKey(0), the same "
+                      "for every seed; pass key=jax.random.PRNGKey(seed)", UserWarning, stacklevel=2)
     base_key = jax.random.PRNGKey(0) if key is None else key
     dynamic = config.method in ("prune", "set", "rigl")
 

@@ -72,8 +72,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="also train the sparsity levels of a method together (implies --vectorize-seeds)")
     p.add_argument("--large-grid", action="store_true",
                    help=f"run a grid of more than {G.MAX_CELLS} cells (refused without it)")
-    p.add_argument("--dry-run", action="store_true", help="validate, print the cells and their status, run nothing")
-    p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, print the cells, their status and what the runs still to do will cost "
+                        "(env steps, memory per run, CPU hours from measured throughput); run nothing")
+    p.add_argument("--progress", action="store_true", help="a live progress line even when not on a terminal")
+    p.add_argument("--no-progress", action="store_true", help="no progress line (default: live on a terminal only)")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not share compiled programs between runs (<out>/.jax_cache)")
     return p
@@ -113,7 +116,7 @@ def build_grid(argv) -> tuple[G.Grid, dict, list[str]]:
             options[name] = value
     options["dry_run"] = args.dry_run
     options["large_grid"] = args.large_grid
-    options["progress"] = False if args.no_progress else None
+    options["progress"] = False if args.no_progress else (True if args.progress else None)
     if args.no_compile_cache:
         options["compile_cache"] = False
     return grid, default_options(options), list(argv)
@@ -317,8 +320,13 @@ def run_sweep(grid: G.Grid, options: dict, argv: list[str] | None = None) -> int
           f"{counts['resume']} to resume, {counts['failed']} failed (not retried), {counts['busy']} in use elsewhere",
           file=sys.stderr)
     if options["dry_run"]:
+        from sparse_rl.cli import build_train_args
+        from sparse_rl.sweep.cost import estimate, format_estimate
+
         for c in cells:
             print(f"{states[c.id]:9s} {c.id}  sparse-rl train {' '.join(c.argv)}")
+        todo = [c for c in cells if states[c.id] in ("run", "resume")]
+        print(format_estimate(estimate(todo, build_train_args), options["workers"]))
         return 0
     out.mkdir(parents=True, exist_ok=True)
     with _SweepLock(out):

@@ -435,10 +435,9 @@ def _check_reserved(flags: Iterable[str], source: str):
 
 def expected_config(run, agent_config) -> dict:
     """The `config.json` content (minus out/library_version) a run writes; see RunContext."""
-    from sparse_rl.train.serialize import to_jsonable
+    from sparse_rl.train.runner import recorded_config
 
-    run = dataclasses.replace(run, resume=False, progress=None, out=None, tensorboard=False)
-    return {"run": to_jsonable(run), "agent": to_jsonable(agent_config)}
+    return recorded_config(run, agent_config)
 
 
 CONFIG_IGNORE = ("out", "library_version", "run.resume", "run.progress", "run.out", "run.tensorboard")

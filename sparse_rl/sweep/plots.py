@@ -554,12 +554,13 @@ def write_results_md(report: PlotReport, sweep_dir: Path, path: Path) -> Path:
              f"{counts['incomplete']} incomplete; {n_missing} listed in sweep.json but missing.", "",
              "Final score: mean over seeds of each run's final evaluation return (mean of the last 10% "
              "of evaluations, `summary.json` `final_eval_return`); 95% CI: percentile bootstrap over "
-             "seeds; n: complete seeds.", "",
+             "seeds (none for a single seed); n: complete seeds.", "",
              "| agent | env | method | sparsity | params | final return | 95% CI | n |",
              "|---|---|---|---:|---:|---:|---|---:|"]
     for c in scores:
         params = "" if c.params is None else f"{c.params:,.0f}"
-        ci = f"[{_f(c.ci_low)}, {_f(c.ci_high)}]"
+        # One seed has no spread to bootstrap: an interval [x, x] would look like certainty.
+        ci = f"[{_f(c.ci_low)}, {_f(c.ci_high)}]" if c.n > 1 else "n/a (1 seed)"
         lines.append(f"| {c.agent} | {c.env} | {c.method} | {_fmt_sparsity(c.sparsity)} | {params} | "
                      f"{_f(c.mean)} | {ci} | {c.n} |")
     if report.aggregates:

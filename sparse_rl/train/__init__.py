@@ -1,7 +1,11 @@
 """Training-run infrastructure: run directories, metrics, checkpoints, progress, config JSON.
 
 Importing this package does not import JAX (checkpoint functions import it when called).
+Calling it trains an agent: `sparse_rl.train("dqn", "CartPole-v1", ...)` is `sparse_rl.api.train`.
 """
+
+import sys
+import types
 
 from sparse_rl.train import checkpoint
 from sparse_rl.train.checkpoint import (
@@ -35,3 +39,17 @@ __all__ = [
     "dataclass_from_dict",
     "to_jsonable",
 ]
+
+
+class CallablePackage(types.ModuleType):
+    """This package, which is also the top-level training function: `sparse_rl.train(...)` is
+    `sparse_rl.api.train(...)` (the Python API; the package had the name first, and a function
+    bound to the same attribute would be replaced by the package on its first import)."""
+
+    def __call__(self, *args, **kwargs):
+        from sparse_rl.api import train
+
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = CallablePackage

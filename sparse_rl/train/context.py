@@ -6,16 +6,18 @@ import dataclasses
 import math
 import time
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import numpy as np
 
 import sparse_rl
-from sparse_rl import agents
+from sparse_rl import agents, envs
 from sparse_rl.errors import ConfigError, NumericalError, check, check_choice, check_fields
 from sparse_rl.sparsity import sparsity_summary
 from sparse_rl.train import checkpoint as ckpt
 from sparse_rl.train import run_files
+from sparse_rl.train.callbacks import Callback, notify_row
 from sparse_rl.train.metrics import MetricsWriter, TensorBoardWriter
 from sparse_rl.train.progress import Progress
 from sparse_rl.train.faults import first_nonfinite, kill_point
@@ -36,6 +38,12 @@ BASE_COLUMNS = (
 )
 
 
+# RunConfig's Atari fields -> the keyword of `envs.make_env` each one sets. Left out of config.json
+# and of the checkpoint hash while None, so that runs written before they existed still resume.
+ATARI_FIELDS = {"sticky_actions": "repeat_action_probability", "frame_skip": "frame_skip",
+                "full_action_space": "full_action_space", "terminal_on_life_loss": "terminal_on_life_loss"}
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """What a run is, apart from the agent's own settings."""
@@ -43,13 +51,13 @@ class RunConfig:
     agent: str = "dqn"
     """Agent: dqn, sac or ppo."""
     env: str = "CartPole-v1"
-    """Environment id: classic control (CartPole-v1, ...), MuJoCo v5 (HalfCheetah-v5, ...) or ALE/<Game>-v5."""
+    """Environment: any gymnasium id (the paper's settings for classic control, MuJoCo v5 and ALE/<Game>-v5) or module:Id."""
     steps: int = 50_000
     """Environment steps to train for."""
     seed: int = 0
     """Random seed (networks, masks, environments, replay)."""
     out: str | None = None
-    """Run directory; default runs/<agent>-<env>-<method>-<sparsity>-s<seed>."""
+    """Run directory (None: runs/<agent>-<env>-<method>-<sparsity>-s<seed>)."""
     eval_every: int = 2_500
     """Evaluate every this many environment steps (and at the end)."""
     eval_episodes: int = 10
@@ -65,11 +73,24 @@ class RunConfig:
     tensorboard: bool = False
     """Also write TensorBoard event files to <out>/tb."""
     progress: bool | None = None
-    """Show a live progress line (default: only when stderr is a terminal)."""
+    """--progress: a live progress line; --no-progress: none (None: live on a terminal, else a plain line every 5% of the steps)."""
     analysis_every: int = 1000
     """Write gradient-flow, dormant-neuron and topology statistics to <out>/analysis.csv every this many gradient steps (gradient SNR on every analysis_snr_every-th such row; see sparse_rl.analysis); 0 disables."""
     analysis_snr_every: int = 10
     """Compute the gradient SNR on every this many analysis rows; 0 disables."""
+    sticky_actions: float | None = None
+    """Atari: probability that the emulator repeats the previous action (None: 0.25, the paper's sticky actions, Machado et al. 2018)."""
+    frame_skip: int | None = None
+    """Atari: emulator frames per agent step, max-pooled over the last two (None: 4, the paper's)."""
+    full_action_space: bool | None = None
+    """Atari: all 18 actions instead of the game's minimal set (None: False, the paper's)."""
+    terminal_on_life_loss: bool | None = None
+    """Atari: end an episode when a life is lost (None: False, the paper's)."""
+
+    def env_options(self) -> dict:
+        """The Atari settings given, as keyword arguments of `envs.make_env` (None: the paper's)."""
+        given = {field: getattr(self, field) for field in ATARI_FIELDS}
+        return {ATARI_FIELDS[k]: v for k, v in given.items() if v is not None}
 
     def __post_init__(self):
         check_fields(self)  # issue 7: wrong types (a string, a bool, NaN) -> ConfigError naming the field
@@ -86,6 +107,23 @@ class RunConfig:
         check(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         check(self.analysis_every >= 0, "analysis_every", f"must be >= 0, got {self.analysis_every}")
         check(self.analysis_snr_every >= 0, "analysis_snr_every", f"must be >= 0, got {self.analysis_snr_every}")
+        for field in ATARI_FIELDS:
+            check(getattr(self, field) is None or self.env.startswith("ALE/"), field,
+                  f"is an Atari setting, but {self.env} is not an Atari env", "ALE/<Game>-v5 envs")
+        envs.atari_settings(self.env_options())
+
+
+def run_for_hash(run: RunConfig) -> RunConfig:
+    """`run` without the fields that may differ between an interrupted run and its resumption."""
+    return dataclasses.replace(run, resume=False, progress=None, out=None, tensorboard=False)
+
+
+def recorded_config(run: RunConfig, agent_config) -> dict:
+    """config.json's {"run", "agent"} (the checkpoint hash is computed from it): unset Atari
+    fields are left out, so runs written before they existed keep their config and hash."""
+    fields = {k: v for k, v in to_jsonable(run_for_hash(run)).items()
+              if not (k in ATARI_FIELDS and v is None)}
+    return {"run": fields, "agent": to_jsonable(agent_config)}
 
 
 def default_out(run: RunConfig, agent_config) -> str:
@@ -99,14 +137,18 @@ def default_out(run: RunConfig, agent_config) -> str:
 class RunContext:
     """Everything an env loop needs besides its agent: metrics, evaluation, checkpoints, summary."""
 
-    def __init__(self, run: RunConfig, agent_config, rundir: RunDir, env_spec, agent, spec):
+    def __init__(self, run: RunConfig, agent_config, rundir: RunDir, env_spec, agent, spec,
+                 callbacks: Sequence[Callback] = ()):
         self.run = run
+        self.callbacks = tuple(callbacks)
         self.agent_config = agent_config
         self.rundir = rundir
         self.env_spec = env_spec
         self.agent = agent
         self.spec = spec
-        self.progress = Progress(run.steps, enabled=run.progress, label=f"{run.agent} {run.env}")
+# Not on a terminal (a log file, a cluster job): a plain line every 5% of the steps.
+        self.progress = Progress(run.steps, enabled=run.progress, label=f"{run.agent} {run.env}",
+                                 fraction_every=0.05 if run.progress is None else None)
         self.tensorboard: TensorBoardWriter | None = None
         self.metrics: MetricsWriter | None = None
         self.eval_history: list[tuple[int, float, float]] = []
@@ -146,6 +188,7 @@ class RunContext:
             self.tensorboard.write(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
         kill_point("log", int(row["step"]))  # test hook (faults.py)
         self.check_finite(int(row["step"]), state, row)
+        notify_row(self.callbacks, row)
 
     def check_finite(self, step: int, state=None, metrics: dict | None = None, whole_state=None):
         """Raise `NumericalError` (step, first non-finite parameter path, last good checkpoint) if
@@ -218,7 +261,7 @@ class RunContext:
         return tree, extra, manifest
 
     def config_dict(self) -> dict:
-        return {"run": to_jsonable(self.run_for_hash()), "agent": to_jsonable(self.agent_config)}
+        return recorded_config(self.run, self.agent_config)
 
     def config_hash(self) -> str:
         """Hash of the settings a checkpoint depends on (recording-only fields left out)."""
@@ -244,8 +287,7 @@ class RunContext:
                                  ignore=("library_version", "out", *RECORDING_ONLY))
 
     def run_for_hash(self):
-        # Fields that may differ between an interrupted run and its resumption.
-        return dataclasses.replace(self.run, resume=False, progress=None, out=None, tensorboard=False)
+        return run_for_hash(self.run)
 
     # --- summary -------------------------------------------------------------------------
     def write_summary(self, state, sps: float, extra: dict | None = None) -> dict:

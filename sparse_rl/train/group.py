@@ -145,7 +145,8 @@ def evaluate(ctxs: Sequence[RunContext], eval_act_all, eval_keys, done: int) -> 
     S = len(ctxs)
     index = len(ctxs[0].eval_history)
     n = ctxs[0].run.eval_episodes
-    venvs = [envs.make_vector_env(ctx.run.env, n, 1_000_003 * (ctx.run.seed + 1) + 7919 * index)
+    venvs = [envs.make_vector_env(ctx.run.env, n, 1_000_003 * (ctx.run.seed + 1) + 7919 * index,
+                                  **ctx.run.env_options())
              for ctx in ctxs]
     try:
         obs = np.stack([v.reset() for v in venvs])

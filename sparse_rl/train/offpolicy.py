@@ -93,7 +93,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     run0, agent, spec = ctx0.run, agents[0], ctx0.env_spec
     needs = agent.loop
     action_spec = spec.action_spec
-    env_list = [envs.make_env(ctx.run.env, ctx.run.seed) for ctx in ctxs]
+    env_list = [envs.make_env(ctx.run.env, ctx.run.seed, **ctx.run.env_options()) for ctx in ctxs]
     obs_spec = env_list[0].observation_spec()
     frame_stack = obs_spec.shape[-1] if spec.family == "atari" else None
     runs = [RunLoopState(ctx, env, needs, action_spec, frame_stack) for ctx, env in zip(ctxs, env_list)]

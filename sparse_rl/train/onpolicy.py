@@ -46,7 +46,7 @@ class RunLoopState:
     """One run's host-side loop state: its vector env, observations and reward-scaling statistics."""
 
     def __init__(self, ctx: RunContext, needs):
-        self.env = envs.make_vector_env(ctx.run.env, needs.num_envs, ctx.run.seed)
+        self.env = envs.make_vector_env(ctx.run.env, needs.num_envs, ctx.run.seed, **ctx.run.env_options())
         self.reward_stats = running.init((), xp=np)
         self.discounted = np.zeros(needs.num_envs, np.float64)
         self.last_metrics: dict = {}

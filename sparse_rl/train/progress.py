@@ -4,8 +4,9 @@ On a terminal, `Progress.update` rewrites one line (carriage return) at most a f
 
     dqn CartPole-v1  12,000/50,000  24.0%  1,530 SPS  return 187.3  sparsity 0.9  ETA 0:24
 
-When the stream is not a terminal (a log file, a sweep worker, a test) nothing is printed except
-`log(msg)` lines, and, only if `log_every` seconds is given, a plain progress line that often.
+When the stream is not a terminal (a log file, a cluster job) nothing is printed except `log(msg)`
+lines and plain progress lines: every `log_every` seconds when given, and each time another
+`fraction_every` of the steps is done when given (a training run: every 5%).
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ class Progress:
 
     def __init__(self, total_steps: int, enabled: bool | None = None, label: str = "", *,
                  stream: TextIO | None = None, min_interval: float = 0.2,
-                 log_every: float | None = None, start_step: int = 0, smoothing: float = 0.3,
-                 clock=time.monotonic):
+                 log_every: float | None = None, fraction_every: float | None = None,
+                 start_step: int = 0, smoothing: float = 0.3, clock=time.monotonic):
         self.total = max(0, int(total_steps))
         self.stream = stream if stream is not None else sys.stderr
         if enabled is None:
@@ -75,6 +76,8 @@ class Progress:
         self.label = label
         self.min_interval = float(min_interval)
         self.log_every = log_every
+        self.fraction_every = fraction_every
+        self._next_fraction_step = self._fraction_step_after(int(start_step))
         self.smoothing = float(smoothing)
         self._clock = clock
         self._start_time = clock()
@@ -91,6 +94,13 @@ class Progress:
         self._drawn_step: int | None = None
         self.step = int(start_step)
 
+    def _fraction_step_after(self, step: int) -> float:
+        """The first step past `step` at which another `fraction_every` of the total is done."""
+        if not self.fraction_every or not self.total:
+            return math.inf
+        every = self.fraction_every * self.total
+        return (math.floor(step / every) + 1) * every
+
     # --- measurements
     @property
     def sps(self) -> float | None:
@@ -105,6 +115,13 @@ class Progress:
         self._sps = rate if self._sps is None else (
             self.smoothing * rate + (1 - self.smoothing) * self._sps)
         self._last_time, self._last_step = now, self.step
+
+    def _measure_since_start(self, now: float) -> None:
+        """Plain lines are far apart: the mean rate since the previous line, not smoothed."""
+        dt = now - self._last_time
+        if dt > 0:
+            self._sps = (self.step - self._last_step) / dt
+            self._last_time, self._last_step = now, self.step
 
     def eta(self, sps: float | None = None) -> float | None:
         sps = self._sps if sps is None else sps
@@ -146,9 +163,11 @@ class Progress:
                 self._measure(now)
                 self._last_draw = now
                 self._draw(self.format_line(fields))
-        elif self.log_every is not None and (now - self._last_log >= self.log_every or last):
-            self._measure(now)
+        elif ((self.log_every is not None and (now - self._last_log >= self.log_every or last))
+              or self.step >= self._next_fraction_step):
+            self._measure_since_start(now) if self.fraction_every else self._measure(now)
             self._last_log = now
+            self._next_fraction_step = self._fraction_step_after(self.step)
             self._print(self.format_line(fields))
 
     def _terminal_width(self) -> int:

@@ -297,7 +297,7 @@ class RunDir:
     def _check_state(self) -> None:
         if (self.path / COMPLETE).exists():
             raise ConfigError("out", f"{self.path} holds a finished run (COMPLETE); refusing to "
-                              "overwrite finished results", "a new directory")
+                              "overwrite finished results", f"a new directory: --out {self.path}-2")
         content = _content(self.path)
         self.fresh = not content
         if content and not self.resume:

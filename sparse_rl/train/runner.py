@@ -11,25 +11,29 @@ from collections.abc import Sequence
 
 from sparse_rl.errors import leaves_run_resumable, locate
 from sparse_rl import agents, envs
+from sparse_rl.envs.compat import check_agent_spaces, preset_family
+from sparse_rl.train.callbacks import Callback
 from sparse_rl.train import offpolicy, onpolicy
-from sparse_rl.train.context import RunConfig, RunContext, default_out
+from sparse_rl.train.context import RunConfig, RunContext, default_out, recorded_config
 from sparse_rl.train.faults import kill_point
 from sparse_rl.train.group import check_group
 from sparse_rl.train.rundir import RunDir
 
-__all__ = ["RunConfig", "train", "train_group"]
+__all__ = ["RunConfig", "train", "train_group", "default_out", "recorded_config"]
 
 LOOPS = {"offpolicy": offpolicy.run, "onpolicy": onpolicy.run}
 
 
-def train(run: RunConfig, agent_config=None) -> dict:
-    """Train one agent and return its summary. Writes the run directory described in the README."""
-    return train_group([run], None if agent_config is None else [agent_config])[0]
+def train(run: RunConfig, agent_config=None, callbacks: Sequence[Callback] = ()) -> dict:
+    """Train one agent and return its summary. Writes the run directory described in the README.
+    `callbacks` (`sparse_rl.train.callbacks.Callback`) see each metrics row and evaluation."""
+    return train_group([run], None if agent_config is None else [agent_config], callbacks=callbacks)[0]
 
 
 def train_group(runs: Sequence[RunConfig], agent_configs: Sequence | None = None,
                 summary_extra: Sequence[dict | None] | None = None, *,
-                chunk: int | None = None, threads: int | None = None) -> list[dict]:
+                chunk: int | None = None, threads: int | None = None,
+                callbacks: Sequence[Callback] = ()) -> list[dict]:
     """Train `runs` together and return their summaries in order. They may differ only by seed,
     output directory and the sparsity level of one method (`group.check_group`); each run's
     results equal its separate run's (exactly for a group of one). `summary_extra[i]` is merged
@@ -40,8 +44,9 @@ def train_group(runs: Sequence[RunConfig], agent_configs: Sequence | None = None
     if not runs:
         check_group(runs, [], None)
     spec = agents.spec(runs[0].agent)
-    env_spec = envs.env_spec(runs[0].env)
-    configs = list(agent_configs) if agent_configs is not None else [spec.preset_for(env_spec.family)] * len(runs)
+    env_spec = envs.env_spec(runs[0].env, **runs[0].env_options())
+    check_agent_spaces(runs[0].agent, env_spec)
+    configs = list(agent_configs) if agent_configs is not None else [spec.preset_for(preset_family(env_spec))] * len(runs)
     runs = [r if r.out else dataclasses.replace(r, out=default_out(r, c)) for r, c in zip(runs, configs)]
     check_group(runs, configs, spec)
     extras = list(summary_extra) if summary_extra is not None else [None] * len(runs)
@@ -60,13 +65,19 @@ def train_group(runs: Sequence[RunConfig], agent_configs: Sequence | None = None
         for run, config, agent in zip(runs, configs, agent_list):
             rundir = RunDir(run.out, resume=run.resume)
             rundirs.append(rundir)
-            ctx = RunContext(run, config, rundir, env_spec, agent, spec)
+            ctx = RunContext(run, config, rundir, env_spec, agent, spec, callbacks)
             ctxs.append(ctx)
             ctx.write_config(run.out)
         # Issue 7: a resume refused for other settings is a usage error; it must not mark the runs
         # FAILED (a killed, resumable run would then look failed to a sweep).
         started = True
+        for ctx in ctxs:
+            for callback in ctx.callbacks:
+                callback.on_start(str(ctx.rundir.path), ctx.config_dict())
         summaries = LOOPS[spec.loop](ctxs, agent_list, extras, chunk=chunk, threads=threads)
+        for ctx, summary in zip(ctxs, summaries):
+            for callback in ctx.callbacks:
+                callback.on_end(summary)
         kill_point("complete")  # test hook (faults.py): killed after the summary, before COMPLETE
         for rundir in rundirs:
             rundir.mark_complete()
