@@ -89,8 +89,8 @@ def test_non_finite_state_is_never_checkpointed(context):
     bad = state._replace(opt_state=_with_leaf(state.opt_state, "linear_0/w", jnp.nan))
     with pytest.raises(NumericalError, match=r"step 6: .*first non-finite parameter: state/agent/opt_state/.*linear_0/w"):
         ctx.save_checkpoint(6, {"agent": bad}, {}, {"step": 6}, state=bad)
-    assert ckpt.steps(ctx.checkpoint_dir) == [5]
-    assert not [p for p in ctx.checkpoint_dir.iterdir() if "000000006" in p.name]
+    assert ckpt.steps(ctx.checkpoints.directory) == [5]
+    assert not [p for p in ctx.checkpoints.directory.iterdir() if "000000006" in p.name]
 
 
 def test_diverging_run_stops_fails_and_exits_1(tmp_path, capsys):

@@ -1,42 +1,29 @@
-"""What a run is (`RunConfig`) and what an env loop needs besides its agent (`RunContext`: metrics,
-checkpoints, progress, summary), so that every agent writes the same run directory.
+"""What a run is (`RunConfig`) and what an env loop needs besides its agent (`RunContext`, composed
+of the metrics log, clock, checkpoints, progress and summary parts), so that every agent writes the
+same run directory.
 """
 
 import dataclasses
-import math
-import time
 from pathlib import Path
 from typing import Sequence
 
-import jax
 import numpy as np
 
-import sparse_rl
 from sparse_rl import agents, envs
-from sparse_rl.errors import ConfigError, NumericalError, check, check_choice, check_fields
-from sparse_rl.sparsity import sparsity_summary
-from sparse_rl.train import checkpoint as ckpt
-from sparse_rl.train import run_files
+from sparse_rl.errors import check, check_choice, check_fields
 from sparse_rl.train.callbacks import Callback, notify_row
-from sparse_rl.train.metrics import MetricsWriter, TensorBoardWriter
+from sparse_rl.train.clock import RunClock
+from sparse_rl.train.faults import check_finite
+from sparse_rl.train.metrics_log import MetricsLog
 from sparse_rl.train.progress import Progress
-from sparse_rl.train.faults import first_nonfinite, kill_point
-from sparse_rl.train.rundir import RunDir, write_json_checked
-from sparse_rl.train.serialize import config_hash, to_jsonable
-
-# Settings that change what is recorded about training but never training itself (the recorder
-# reads the training batch and state and draws no random numbers): a resumed run may change them.
-RECORDING_ONLY = ("run.analysis_every", "run.analysis_snr_every")
+from sparse_rl.train.run_checkpoints import Checkpoints
+from sparse_rl.train.rundir import RunDir
+from sparse_rl.train.serialize import to_jsonable
+from sparse_rl.train.summary import network_sparsity, write_summary
 
 # Issue 16: an absurd --steps must be refused, not reach an allocation sized by it. 10^9 env steps
 # is 20x Atari's 200M frames / 4 (the paper's longest runs) and keeps step counters within int32.
 MAX_STEPS = 1_000_000_000
-
-BASE_COLUMNS = (
-    "step", "wall_time", "train_return", "train_episodes", "eval_return_mean", "eval_return_std",
-    "sparsity", "sps",
-)
-
 
 # RunConfig's Atari fields -> the keyword of `envs.make_env` each one sets. Left out of config.json
 # and of the checkpoint hash while None, so that runs written before they existed still resume.
@@ -135,7 +122,11 @@ def default_out(run: RunConfig, agent_config) -> str:
 
 
 class RunContext:
-    """Everything an env loop needs besides its agent: metrics, evaluation, checkpoints, summary."""
+    """Everything an env loop needs besides its agent, composed from small parts: the metrics log
+    (`metrics_log`), the clock (`clock`), the checkpoints and their config hash (`checkpoints`),
+    the live progress line (`progress`), plus the evaluation history the loop appends to. Every
+    path comes from `rundir`. Its methods only join the parts (a logged row is checked for NaN/Inf;
+    a checkpoint carries the clock, the evaluations and the measured masks)."""
 
     def __init__(self, run: RunConfig, agent_config, rundir: RunDir, env_spec, agent, spec,
                  callbacks: Sequence[Callback] = ()):
@@ -146,198 +137,59 @@ class RunContext:
         self.env_spec = env_spec
         self.agent = agent
         self.spec = spec
-# Not on a terminal (a log file, a cluster job): a plain line every 5% of the steps.
+        # Not on a terminal (a log file, a cluster job): a plain line every 5% of the steps.
         self.progress = Progress(run.steps, enabled=run.progress, label=f"{run.agent} {run.env}",
                                  fraction_every=0.05 if run.progress is None else None)
-        self.tensorboard: TensorBoardWriter | None = None
-        self.metrics: MetricsWriter | None = None
+        self.clock = RunClock()
+        self.metrics_log = MetricsLog(rundir, tensorboard=run.tensorboard)
+        self.checkpoints = Checkpoints(recorded_config(run, agent_config), rundir, keep=run.keep_checkpoints)
         self.eval_history: list[tuple[int, float, float]] = []
         self.compile_seconds = 0.0
         self.eval_seconds = 0.0
-        self._clock_start = time.perf_counter()
-        self.wall_offset = 0.0  # wall time already spent before a resume
-        self._sps_mark = (0, time.perf_counter())
 
-    # --- metrics -------------------------------------------------------------------------
     def open_metrics(self, extra_columns, resume_step: int | None):
-        columns = list(BASE_COLUMNS) + [c for c in extra_columns if c not in BASE_COLUMNS]
-        self.metrics = MetricsWriter(self.rundir.metrics_path, columns)
-        self.metrics.truncate_after(-1 if resume_step is None else resume_step)
-        if self.run.tensorboard:
-            self.tensorboard = TensorBoardWriter(self.rundir.tensorboard_dir, truncate_after=resume_step)
-        return columns
-
-    def wall_time(self) -> float:
-        return self.wall_offset + time.perf_counter() - self._clock_start
-
-    def sps(self, step: int) -> float:
-        last_step, last_time = self._sps_mark
-        now = time.perf_counter()
-        self._sps_mark = (step, now)
-        return (step - last_step) / max(now - last_time, 1e-9)
-
-    def reset_sps(self, step: int):
-        self._sps_mark = (step, time.perf_counter())
+        return self.metrics_log.open(extra_columns, resume_step)
 
     def log(self, row: dict, state=None):
         """Write a metrics row; then (issue 7) stop the run with `NumericalError` if a loss or
         gradient column of the row, or (when `state` is given) a network parameter, is NaN/Inf."""
-        row = {k: _to_float(v) for k, v in row.items()}
-        self.metrics.write(row)
-        if self.tensorboard is not None:
-            self.tensorboard.write(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
-        kill_point("log", int(row["step"]))  # test hook (faults.py)
+        row = self.metrics_log.write(row)
         self.check_finite(int(row["step"]), state, row)
         notify_row(self.callbacks, row)
 
     def check_finite(self, step: int, state=None, metrics: dict | None = None, whole_state=None):
-        """Raise `NumericalError` (step, first non-finite parameter path, last good checkpoint) if
-        a loss/gradient metric or a parameter is NaN or Inf. `whole_state`: also scan every other
-        float leaf (optimizer moments, target networks) -- done before each checkpoint."""
-        bad = {k: v for k, v in (metrics or {}).items()
-               if ("loss" in k or "grad" in k) and isinstance(v, float) and not math.isfinite(v)}
-        where = None
-        if state is not None:
-            for name, (params, _) in self.agent.networks(state).items():
-                path = first_nonfinite(params)
-                if path is not None:
-                    where = f"{name}/{path}"
-                    break
-        if where is None and whole_state is not None:
-            path = first_nonfinite(whole_state)
-            where = None if path is None else f"state/{path}"
-        if bad or where is not None:
-            last = ckpt.latest(self.checkpoint_dir)
-            note = ("no checkpoint written" if last is None else
-                    f"last good checkpoint: step {last}; metrics up to step {step} are in metrics.csv")
-            raise NumericalError(step, where, bad, note)
+        """`faults.check_finite` on `state`'s networks, naming this run's last good checkpoint."""
+        networks = None if state is None else self.agent.networks(state)
+        check_finite(step, networks, metrics, whole_state, last_checkpoint=self.checkpoints.last_step)
 
     def network_sparsity(self, state) -> dict[str, float]:
         """Measured sparsity per network and over all networks, from the actual parameters."""
-        out, zeros, total = {}, 0, 0
-        for name, (params, _) in self.agent.networks(state).items():
-            summary = sparsity_summary(params)
-            out[f"sparsity_{name}"] = summary["sparsity"]
-            zeros += summary["total"] - summary["nonzero"]
-            total += summary["total"]
-        out["sparsity"] = zeros / max(total, 1)
-        return out
-
-    # --- checkpoints ---------------------------------------------------------------------
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.rundir.checkpoint_dir
+        return network_sparsity(self.agent.networks(state))
 
     def save_checkpoint(self, step: int, tree, extra_arrays: dict, counters: dict, state=None):
-        manifest = {
-            "config": self.config_dict(),
-            "config_hash": self.config_hash(),
-            "counters": to_jsonable(counters),
-            "wall_time": self.wall_time(),
-            "eval_history": self.eval_history,
-            "files": run_files.record(self.rundir.path),  # issue 16: checked on resume
-        }
-        if state is not None:
-            manifest["masks"] = self.network_sparsity(state)
+        masks = None if state is None else self.network_sparsity(state)
         self.check_finite(step, state, whole_state=tree)  # issue 7: never checkpoint NaN/Inf
-        ckpt.save(self.checkpoint_dir, step, tree, manifest, keep=self.run.keep_checkpoints,
-                  extra_arrays=extra_arrays)
+        self.checkpoints.save(step, tree, extra_arrays, counters, wall_time=self.clock.wall_time(),
+                              eval_history=self.eval_history, masks=masks)
 
     def load_checkpoint(self, like):
-        """(tree, extra_arrays, manifest) of the newest valid checkpoint, or None."""
-        path = self.rundir.path
-        result = ckpt.load_latest_valid(  # issue 16: never resume beside short or edited files
-            self.checkpoint_dir, like,
-            accept=lambda r: run_files.check(path, r.manifest.get("files"), r.step))
-        if result is None:
-            return None
-        tree, manifest, extra = result.tree, result.manifest, result.extra
-        if manifest.get("config_hash") not in self.accepted_config_hashes():
-            raise ConfigError("resume", "the checkpoint in this run directory was written with a different config")
-        run_files.cut(path, manifest.get("files"))
-        self.wall_offset = float(manifest.get("wall_time", 0.0))
-        self._clock_start = time.perf_counter()
-        self.eval_history = [tuple(e) for e in manifest.get("eval_history", [])]
-        return tree, extra, manifest
+        """(tree, extra_arrays, manifest) of the newest valid checkpoint, or None; restores the
+        clock and the evaluation history from it."""
+        result = self.checkpoints.load(like)
+        if result is not None:
+            manifest = result[2]
+            self.clock.resume_from(manifest.get("wall_time", 0.0))
+            self.eval_history = [tuple(e) for e in manifest.get("eval_history", [])]
+        return result
 
-    def config_dict(self) -> dict:
-        return recorded_config(self.run, self.agent_config)
-
-    def config_hash(self) -> str:
-        """Hash of the settings a checkpoint depends on (recording-only fields left out)."""
-        training = self.config_dict()
-        training["run"] = {k: v for k, v in training["run"].items() if f"run.{k}" not in RECORDING_ONLY}
-        return config_hash(training)
-
-    def accepted_config_hashes(self) -> set[str]:
-        """Hashes a checkpoint of this run may carry: this version's, and the hash an earlier
-        version gave the settings in this directory's config.json, which `write_config` has
-        already checked against the current ones (so an older run stays resumable)."""
-        accepted = {self.config_hash()}
-        written = self.rundir.read_config()
-        if written and "run" in written and "agent" in written:
-            accepted.add(config_hash({"run": written["run"], "agent": written["agent"]}))
-        return accepted
-
-    def write_config(self, out) -> None:
-        """Write config.json, or on resume check that the settings are those of the run resumed.
-        Fields that only decide what is recorded about training (RECORDING_ONLY) may differ: the
-        resumed part then follows the new values while config.json keeps the first ones."""
-        self.rundir.write_config(self.config_dict() | {"out": str(out), "library_version": sparse_rl.__version__},
-                                 ignore=("library_version", "out", *RECORDING_ONLY))
-
-    def run_for_hash(self):
-        return run_for_hash(self.run)
-
-    # --- summary -------------------------------------------------------------------------
     def write_summary(self, state, sps: float, extra: dict | None = None) -> dict:
-        evals = [mean for _, mean, _ in self.eval_history]
-        tail = max(1, int(math.ceil(0.1 * len(evals)))) if evals else 0
-        networks = {}
-        nonzero = total = 0
-        for name, (params, masks) in self.agent.networks(state).items():
-            summary = sparsity_summary(params, masks)
-            networks[name] = summary
-            nonzero += summary["nonzero"]
-            total += summary["total"]
-        main = self.spec.main_sparsity(self.agent_config)
-        summary = {
-            "agent": self.run.agent,
-            "env": self.run.env,
-            "seed": self.run.seed,
-            "steps": self.run.steps,
-            "method": main.method,
-            "target_sparsity": 0.0 if main.method == "dense" else float(main.sparsity),
-            "final_eval_return": float(np.mean(evals[-tail:])) if evals else None,
-            "eval_returns": evals,
-            "sparsity": 1.0 - nonzero / max(total, 1),
-            "nonzero_params": nonzero,
-            "total_params": total,
-            "networks": networks,
-            "steps_per_second": sps,
-            "compile_seconds": self.compile_seconds,
-            "wall_time": self.wall_time(),
-            "library_version": sparse_rl.__version__,
-            "jax_version": jax.__version__,
-            "device": str(jax.devices()[0].platform),
-        }
-        summary.update(extra or {})
-        write_json_checked(self.rundir.summary_path, summary)  # issue 16: with a checksum
-        return summary
+        return write_summary(self.rundir, self.run, self.spec.main_sparsity(self.agent_config),
+                             self.agent.networks(state), self.eval_history, sps, self.compile_seconds,
+                             self.clock.wall_time(), extra)
 
     def close(self):
         self.progress.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-def _to_float(value):
-    if value is None or isinstance(value, (int, np.integer)):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
+        self.metrics_log.close()
 
 
 def split_state(state: dict, prefix: str) -> tuple[dict, dict]:

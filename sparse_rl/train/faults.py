@@ -5,8 +5,9 @@ Numerical faults
 `first_nonfinite(tree)` is the path ("mlp/~/linear_0/w") of the first floating-point leaf of `tree`
 (in pytree order) that holds a NaN or Inf, or None. Each leaf is reduced on its device to one bool
 (`isfinite(x).all()`), so only a few bytes leave the accelerator. The runner calls it on every
-network's parameters at each log point and on the whole agent state before each checkpoint (see
-`RunContext.check_finite`); a fault raises `sparse_rl.errors.NumericalError`.
+network's parameters at each log point and on the whole agent state before each checkpoint;
+`check_finite` turns what it finds (or a NaN/Inf loss or gradient metric) into
+`sparse_rl.errors.NumericalError`.
 
 Test hook: crash points
 -----------------------
@@ -31,10 +32,14 @@ so that a test can inspect the run directory and then kill it. Points:
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
+from typing import Callable
 
-__all__ = ["first_nonfinite", "kill_point", "KILL_ENV", "SIGNAL_ENV", "POINTS"]
+from sparse_rl.errors import NumericalError
+
+__all__ = ["check_finite", "first_nonfinite", "kill_point", "KILL_ENV", "SIGNAL_ENV", "POINTS"]
 
 KILL_ENV = "SPARSE_RL_TEST_KILL_AT"
 SIGNAL_ENV = "SPARSE_RL_TEST_KILL_SIGNAL"
@@ -112,3 +117,27 @@ def _all_finite():
     import jax
 
     return jax.jit(_leaves_finite)
+
+
+def check_finite(step: int, networks: dict | None = None, metrics: dict | None = None, whole_state=None,
+                 last_checkpoint: Callable[[], int | None] = lambda: None) -> None:
+    """Raise `NumericalError` (step, first non-finite parameter path, last good checkpoint) if a
+    loss/gradient metric or a parameter of `networks` (name -> (params, masks)) is NaN or Inf.
+    `whole_state`: also scan every other float leaf (optimizer moments, target networks) -- done
+    before each checkpoint. `last_checkpoint` is asked only on a fault."""
+    bad = {k: v for k, v in (metrics or {}).items()
+           if ("loss" in k or "grad" in k) and isinstance(v, float) and not math.isfinite(v)}
+    where = None
+    for name, (params, _) in (networks or {}).items():
+        path = first_nonfinite(params)
+        if path is not None:
+            where = f"{name}/{path}"
+            break
+    if where is None and whole_state is not None:
+        path = first_nonfinite(whole_state)
+        where = None if path is None else f"state/{path}"
+    if bad or where is not None:
+        last = last_checkpoint()
+        note = ("no checkpoint written" if last is None else
+                f"last good checkpoint: step {last}; metrics up to step {step} are in metrics.csv")
+        raise NumericalError(step, where, bad, note)

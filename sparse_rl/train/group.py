@@ -211,8 +211,8 @@ def log_rows(ctxs: Sequence[RunContext], states: list, rows: list[dict], step: i
     throughput and, when `evaluated`, its newest evaluation); the NaN/Inf scan of `ctx.log`
     reads the run's state. The progress line follows run 0 (throughput of the whole group)."""
     for i, (ctx, row) in enumerate(zip(ctxs, rows)):
-        sps = ctx.sps(step)
-        row = {"step": step, "wall_time": ctx.wall_time(), **row, "sps": sps, **ctx.network_sparsity(states[i])}
+        sps = ctx.clock.sps(step)
+        row = {"step": step, "wall_time": ctx.clock.wall_time(), **row, "sps": sps, **ctx.network_sparsity(states[i])}
         if evaluated:
             row["eval_return_mean"], row["eval_return_std"] = ctx.eval_history[-1][1:]
         ctx.log(row, state=states[i])

@@ -142,7 +142,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
 
     start_step = resume_step or 0
     for ctx in ctxs:
-        ctx.reset_sps(start_step)
+        ctx.clock.reset_sps(start_step)
     metrics = None
     loop_start = time.perf_counter()
     eval_before = ctx0.eval_seconds

@@ -136,7 +136,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
 
     step = start_iteration * T * N
     for ctx in ctxs:
-        ctx.reset_sps(step)
+        ctx.clock.reset_sps(step)
     loop_start = time.perf_counter()
     eval_before = ctx0.eval_seconds
     obs = np.stack([r.obs for r in runs])

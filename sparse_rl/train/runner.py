@@ -67,13 +67,13 @@ def train_group(runs: Sequence[RunConfig], agent_configs: Sequence | None = None
             rundirs.append(rundir)
             ctx = RunContext(run, config, rundir, env_spec, agent, spec, callbacks)
             ctxs.append(ctx)
-            ctx.write_config(run.out)
+            ctx.checkpoints.write_config(run.out)
         # Issue 7: a resume refused for other settings is a usage error; it must not mark the runs
         # FAILED (a killed, resumable run would then look failed to a sweep).
         started = True
         for ctx in ctxs:
             for callback in ctx.callbacks:
-                callback.on_start(str(ctx.rundir.path), ctx.config_dict())
+                callback.on_start(str(ctx.rundir.path), ctx.checkpoints.config_dict())
         summaries = LOOPS[spec.loop](ctxs, agent_list, extras, chunk=chunk, threads=threads)
         for ctx, summary in zip(ctxs, summaries):
             for callback in ctx.callbacks:
