@@ -22,7 +22,7 @@ On reaching a listed point (at that step; any step if none is given) the process
 signal: SIGKILL dies on the spot like `kill -9`; SIGSTOP freezes it there (holding its run lock)
 so that a test can inspect the run directory and then kill it. Points:
 
-* `log`: a metrics row for `step` has just been written (runner: `RunContext.log`);
+* `log`: a metrics row for `step` has just been written (`MetricsLog.write`);
 * `checkpoint_npz`: the checkpoint's arrays are written to a temporary file, not yet renamed;
 * `checkpoint_marker`: arrays and manifest are in place, the completion marker is not;
 * `checkpoint_done`: the checkpoint is complete (marker written), older ones not yet pruned;
