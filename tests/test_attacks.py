@@ -54,7 +54,7 @@ def cli(*args, timeout=300, **kw):
 
 def is_report(line: str) -> bool:
     """A line `train` prints while it works (issue 13): the start announcement, a progress line."""
-    return bool(re.match(r"(training|resuming) .*: run directory ", line) or re.search(r" \d+ SPS ", line))
+    return bool(re.match(r"(training|resuming) .*: run directory ", line) or re.search(r" [\d,]+ SPS", line))
 
 
 def one_error_line(stderr: str) -> str:
