@@ -160,6 +160,7 @@ class AnnounceStart(Callback):
 def train_main(argv=None) -> int:
     from sparse_rl.configure import run_warnings
     from sparse_rl.train.compile_cache import enable_compile_cache
+    from sparse_rl.train.rundir import run_status
     from sparse_rl.train.runner import default_out, train
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -169,8 +170,14 @@ def train_main(argv=None) -> int:
     enable_compile_cache(process.compile_cache)
     out = run.out or default_out(run, config)
     callbacks = [AnnounceStart(run)] + ([WandbCallback(project=process.wandb)] if process.wandb else [])
-    summary = train(run, config, callbacks=callbacks)
-    print(summary_line(summary, out))
+    try:
+        summary = train(run, config, callbacks=callbacks)
+        print(summary_line(summary, out))
+    except KeyboardInterrupt:
+        if run_status(out) != "complete":
+            raise
+        # issue 16: the signal landed after COMPLETE was written; the run is finished, not resumable
+        print(f"interrupted after the run completed: {out} holds the finished run", file=sys.stderr)
     return 0
 
 

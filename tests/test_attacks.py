@@ -14,6 +14,7 @@ import csv
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -51,8 +52,13 @@ def cli(*args, timeout=300, **kw):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def is_report(line: str) -> bool:
+    """A line `train` prints while it works (issue 13): the start announcement, a progress line."""
+    return bool(re.match(r"(training|resuming) .*: run directory ", line) or re.search(r" [\d,]+ SPS", line))
+
+
 def one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in stderr.splitlines() if line.strip() and not is_report(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
     assert "Traceback" not in stderr
     return lines[0]
@@ -127,7 +133,6 @@ def test_1_symlinked_csv_is_refused_and_its_target_untouched(killed, tmp_path, c
 def test_1_markers_and_temporary_files_never_write_through_a_link(finished, killed, tmp_path, capsys):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    (killed / "FAILED").symlink_to(victim)  # a retried run removes its FAILED marker: the link only
     for name in ("summary.json", "COMPLETE", "metrics.csv"):  # the names our atomic writes use
         (killed / f".{name}.tmp-{os.getpid()}").symlink_to(victim)
     assert train(killed, resume=True) == 0, capsys.readouterr().err
@@ -364,3 +369,103 @@ def test_10_divergence_message_comes_alone(tmp_path):
                           "--analysis-every", "50")
     assert code == 1
     assert one_error_line(stderr).startswith("error: numerical fault at step")
+
+
+# ----------------------------------------------------------------------------- follow-up (issue 16)
+
+def kill(out):
+    """What `kill -9` after the step-500 rows leaves of the finished run in `out` (see `killed`)."""
+    for name in ("COMPLETE", "summary.json", "analysis.json"):
+        (out / name).unlink(missing_ok=True)
+    for file in (out / "checkpoints").glob("ckpt_000000000600.*"):
+        file.unlink()
+    assert run_status(out) == "incomplete"
+    return out
+
+
+def test_file_error_in_a_sweep_worker_leaves_the_cell_resumable(finished, tmp_path, monkeypatch):
+    from sparse_rl.sweep.local import LEFT_RESUMABLE, execute_task, finalize_task, worker_exit_status
+
+    out = tmp_path / "cell"
+    task = {"cells": [{"id": "dqn/cell/seed1", "path": str(out), "argv": [*TRAIN[1:], "--out", str(out)],
+                       "resume": False}], "vectorized": False}
+    real_save = ckpt.save
+
+    def save(ckpt_dir, step, *args, **kwargs):
+        if step == 400:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(ckpt_dir, step, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save", save)
+    results = execute_task(task)
+    assert [r["status"] for r in results] == ["incomplete"], results
+    assert "No space left on device" in results[0]["error"] and "Traceback" not in results[0]["error"]
+    assert worker_exit_status(results) == LEFT_RESUMABLE
+    parent = finalize_task(task, LEFT_RESUMABLE, None)  # the parent writes no FAILED either
+    assert [r["status"] for r in parent] == ["incomplete"] and run_status(out) == "incomplete"
+    assert not (out / "FAILED").exists()
+    monkeypatch.setattr(ckpt, "save", real_save)
+    task["cells"][0]["resume"] = True  # what a re-run of the sweep does with an incomplete cell
+    assert [r["status"] for r in execute_task(task)] == ["complete"]
+    assert rows(out / "metrics.csv") == rows(finished / "metrics.csv")
+    # a worker that died without a word still gets its cell marked FAILED
+    assert worker_exit_status([{"status": "failed"}, {"status": "incomplete"}]) == 1
+
+
+@pytest.mark.parametrize("marker", ["COMPLETE", "FAILED"])
+def test_symlinked_marker_is_refused_by_train(killed, tmp_path, capsys, marker):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (killed / marker).symlink_to(victim)
+    assert train(killed, resume=True) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert marker in line and "symbolic link" in line, line
+    assert victim.read_text() == "precious\n" and (killed / marker).is_symlink()
+
+
+def test_symlinked_marker_is_refused_by_a_sweep(sweep_dir, tmp_path):
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, out)
+    first = cell_dirs(out)[0]
+    victim = tmp_path / "victim.json"
+    shutil.copy(first / "COMPLETE", victim)
+    (first / "COMPLETE").unlink()
+    (first / "COMPLETE").symlink_to(victim)
+    code, stdout, stderr = cli(*SWEEP, "--out", out)
+    assert code == 2, stderr[-3000:]
+    assert "symbolic link" in one_error_line(stderr)
+
+
+def test_interrupt_after_complete_reports_the_run_complete(tmp_path, capsys, monkeypatch):
+    from sparse_rl.train.rundir import RunDir
+
+    real = RunDir.mark_complete
+
+    def mark_complete(self):
+        real(self)
+        raise KeyboardInterrupt  # Ctrl-C (or SIGTERM) landing just after COMPLETE
+
+    monkeypatch.setattr(RunDir, "mark_complete", mark_complete)
+    out = tmp_path / "run"
+    assert train(out, "--steps", "200") == 0
+    err = capsys.readouterr().err
+    assert "completed" in err and "--resume" not in err, err
+    assert run_status(out) == "complete"
+
+
+def test_resume_with_analysis_of_a_run_without_it_is_refused(tmp_path, capsys):
+    finished_without = tmp_path / "finished"
+    assert train(finished_without, "--analysis-every", "0") == 0
+    out = tmp_path / "run"
+    shutil.copytree(finished_without, out)
+    kill(out)
+    assert not (out / "init_params.npz").exists()
+    capsys.readouterr()
+    assert train(out, resume=True) == 2  # with analysis: no initial parameters to measure from
+    line = one_error_line(capsys.readouterr().err)
+    assert "analysis_every" in line and "init_params.npz" in line and "--analysis-every 0" in line, line
+    assert run_status(out) == "incomplete" and not (out / "FAILED").exists()
+    assert not (out / "analysis.csv").exists() and not (out / "init_params.npz").exists()
+    # the refusal only dropped the rows after the checkpoint (as any resume does): still exact
+    assert train(out, "--analysis-every", "0", resume=True) == 0 and run_status(out) == "complete"
+    assert rows(out / "metrics.csv") == rows(finished_without / "metrics.csv")

@@ -50,9 +50,9 @@ def _same_metrics(a: Path, b: Path, rtol=1e-4, exact_returns=True):
 
 @pytest.fixture(scope="module")
 def base_sweep(tmp_path_factory):
-    """The tiny grid (2 methods x 2 sparsities x 2 seeds), with one cell that fails at train time:
+    """The tiny grid (2 methods x 2 sparsities x 2 seeds), with one cell that stops at train time:
     its directory holds an unreadable config.json (as a damaged disk would leave), so the run
-    fails when it tries to resume."""
+    is refused when it tries to resume (a file error: the cell stays resumable, issue 16)."""
     out = tmp_path_factory.mktemp("sweep") / "s1"
     broken = out / BROKEN
     broken.mkdir(parents=True)
@@ -68,14 +68,14 @@ def test_sweep_runs_reports_skips_and_retries(base_sweep, capsys):
     cells = json.loads((out / "sweep.json").read_text())["cells"]
     ids = [c["id"] for c in cells]
     assert len(ids) == 8 and BROKEN in ids
-    # The failing cell is recorded and reported; the others complete.
+    # The damaged cell is reported and left as it was (not FAILED); the others complete.
     assert rc == 1
-    assert run_status(out / BROKEN) == "failed"
-    assert "unreadable" in (out / BROKEN / "FAILED").read_text()
+    assert run_status(out / BROKEN) == "incomplete" and not (out / BROKEN / "FAILED").exists()
+    assert "unreadable" in (out / "logs" / f"{BROKEN}.log").read_text()
     good = [i for i in ids if i != BROKEN]
     assert all(run_status(out / i) == "complete" for i in good)
     statuses = {c["id"]: c["status"] for c in cells}
-    assert statuses[BROKEN] == "failed" and all(statuses[i] == "complete" for i in good)
+    assert statuses[BROKEN] == "incomplete" and all(statuses[i] == "complete" for i in good)
     for i in good:
         summary = json.loads((out / i / "summary.json").read_text())
         assert summary["steps"] == 200 and summary["final_eval_return"] is not None
@@ -84,18 +84,24 @@ def test_sweep_runs_reports_skips_and_retries(base_sweep, capsys):
         assert config["agent"]["widths"] == [16, 16] and config["run"]["eval_every"] == 100
     assert (out / "logs" / f"{good[0]}.log").is_file()
 
-    # Re-running the same command re-trains nothing and still reports the failure.
+    # Re-running the same command re-trains nothing, tries the damaged cell again and reports it.
     before = _mtimes(out, good)
-    failed_text = (out / BROKEN / "FAILED").read_text()
     capsys.readouterr()
     assert _sweep(*argv) == 1
     text = capsys.readouterr().out
-    assert BROKEN in text and "retry-failed" in text and "static-0.9" in text
+    assert BROKEN in text and "not finished" in text and "static-0.9" in text
     assert _mtimes(out, good) == before
-    assert (out / BROKEN / "FAILED").read_text() == failed_text
+    assert run_status(out / BROKEN) == "incomplete"
 
-    # Repair the damage; --retry-failed re-runs only the failed cell.
-    (out / BROKEN / "config.json").unlink()
+    # A FAILED cell (e.g. a diverged run) is skipped and reported until --retry-failed, which
+    # re-runs only that cell.
+    (out / BROKEN / "config.json").unlink()  # the damage repaired
+    (out / BROKEN / "FAILED").write_text("NumericalError: diverged\n")
+    failed_text = (out / BROKEN / "FAILED").read_text()
+    assert _sweep(*argv) == 1
+    text = capsys.readouterr().out
+    assert BROKEN in text and "retry-failed" in text
+    assert (out / BROKEN / "FAILED").read_text() == failed_text and _mtimes(out, good) == before
     assert _sweep(*argv, "--retry-failed") == 0
     assert run_status(out / BROKEN) == "complete"
     assert _mtimes(out, good) == before

@@ -11,7 +11,9 @@ how the local backend runs each task: a separate Python process per task, so tha
 segfault or the OOM killer) ends only that task, and JAX starts clean with the thread limits set
 in its environment. The run directory is the record of what happened: the parent reads each cell's
 status (`COMPLETE`, `FAILED`) from it after the worker exits, and writes `FAILED` itself (under the
-run's lock) when a worker died without writing one.
+run's lock) when a worker died without writing one. A worker that exits with `LEFT_RESUMABLE` left
+its unfinished cells as they were (a file error, a full disk): they get no `FAILED`, and a re-run
+of the sweep resumes them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from sparse_rl.errors import RunFileError
+from sparse_rl.errors import RunFileError, leaves_run_resumable, one_line
 from sparse_rl.train.rundir import (FAILED, LOCK, RUN_MARKS, check_owned, open_lock,
                                    read_json_checked, run_status, write_json_checked,
                                    write_text_atomic)
@@ -121,10 +123,26 @@ def _parse_cell(cell: dict):
     return dataclasses.replace(run, resume=bool(cell.get("resume")), progress=False), config
 
 
+# The worker/parent convention for a cell a run error left as it was (a file error, a full disk,
+# a refused resume: `errors.leaves_run_resumable`): the worker reports it "incomplete" and exits
+# with LEFT_RESUMABLE; the parent then writes no FAILED for it, so a re-run of the sweep resumes it.
+LEFT_RESUMABLE = 75  # EX_TEMPFAIL (sysexits.h): try again later
+
+
+def worker_exit_status(results: list[dict]) -> int:
+    """The worker's exit status for its cells' `results`: 0 all complete, LEFT_RESUMABLE when the
+    only unfinished cells were left resumable, 1 when some cell failed."""
+    if all(r["status"] == "complete" for r in results):
+        return 0
+    return LEFT_RESUMABLE if all(r["status"] in ("complete", "incomplete") for r in results) else 1
+
+
 def execute_task(task: dict) -> list[dict]:
     """Run a task in this process. Returns `[{"id", "status", "error"}]`, one per cell; never raises
-    for a failing run (KeyboardInterrupt excepted): the failure is recorded in the run directory."""
+    for a failing run (KeyboardInterrupt excepted): a diverged run or an unexpected error is
+    recorded as `FAILED` in the run directory, a run left resumable is reported "incomplete"."""
     cells = task["cells"]
+    resumable = False
     try:
         if task.get("vectorized") and len(cells) > 1:
             from sparse_rl.train.runner import train_group
@@ -145,13 +163,17 @@ def execute_task(task: dict) -> list[dict]:
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # noqa: BLE001 - everything a run raises is recorded
-        error = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+        resumable = isinstance(e, Exception) and leaves_run_resumable(e)
+        error = (f"{one_line(e)}\n" if resumable else
+                 f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
     results = []
     for cell in cells:
         status = run_status(cell["path"])
-        if status != "complete" and error is not None and status != "failed":
+        if status != "complete" and error is not None and status != "failed" and not resumable:
             record_failure(cell["path"], error)
             status = run_status(cell["path"])
+        if resumable and status == "absent":
+            status = "incomplete"
         results.append({"id": cell["id"], "status": status,
                         "error": None if status == "complete" else (error or failure_message(cell["path"]))})
     return results
@@ -179,7 +201,7 @@ def main(argv=None) -> int:
         if r["error"]:
             line += f": {first_line(r['error'])}"
         print(line, flush=True)
-    return 0 if all(r["status"] == "complete" for r in results) else 1
+    return worker_exit_status(results)
 
 
 def first_line(text: str | None) -> str:
@@ -293,6 +315,12 @@ def describe_exit(code: int) -> str:
     return f"exit status {code}"
 
 
+def _last_line(log: Path) -> str:
+    """The last non-empty line of a worker's log (its report of the cell left resumable)."""
+    lines = [ln for ln in _tail(log, 5).splitlines() if ln.strip()]
+    return lines[-1] if lines else "left resumable"
+
+
 def _tail(path: Path, n: int = 15) -> str:
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -326,6 +354,10 @@ def finalize_task(task: dict, returncode: int | None, log: Path | None, error: s
         interrupted = returncode in (130, -signal.SIGINT) and error is None
         if status != "complete" and interrupted:
             status, message = "interrupted", "worker interrupted; re-run the sweep to resume"
+        elif status != "complete" and returncode == LEFT_RESUMABLE and error is None:
+            status = "incomplete"  # the worker left it as it was: a re-run of the sweep resumes it
+            message = (f"{_last_line(log)}; re-run the sweep to resume" if log else
+                       "left resumable; re-run the sweep to resume")
         elif status != "complete":
             why = error or (f"worker {describe_exit(returncode)}" if returncode else
                             "worker finished without completing the run")

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from sparse_rl.errors import ConfigError
-from sparse_rl.sweep.local import SweepProgress, execute_task, finalize_task, worker_env
+from sparse_rl.sweep.local import (SweepProgress, execute_task, finalize_task, worker_env,
+                                   worker_exit_status)
 
 
 def _ray():
@@ -118,11 +119,10 @@ def run_ray(tasks: list[dict], out: str, *, address: str | None = None, cpus_per
             for ref in ready:
                 task = refs[ref]
                 try:
-                    ray.get(ref)
-                    error = None
+                    returncode, error = worker_exit_status(ray.get(ref)), None
                 except ray.exceptions.RayError as e:  # worker crashed, task cancelled, ...
-                    error = f"Ray task failed: {type(e).__name__}: {e}"
-                for r in finalize_task(task, 1 if error else 0, None, error):
+                    returncode, error = 1, f"Ray task failed: {type(e).__name__}: {e}"
+                for r in finalize_task(task, returncode, None, error):
                     results.append(r)
                     if progress:
                         progress.cell_done(r["id"], r["status"], r["error"])

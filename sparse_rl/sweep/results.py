@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from sparse_rl.errors import ConfigError, RunFileError
-from sparse_rl.train.rundir import read_json_checked
+from sparse_rl.train.rundir import COMPLETE, FAILED, has_marker, read_json_checked
 
 __all__ = ["RunRecord", "MissingCell", "load_runs", "missing_report", "complete_runs",
            "final_scores", "CellScore", "bootstrap_mean_ci", "write_results_csv", "RESULT_FIELDS",
@@ -127,9 +127,9 @@ def _read_json(path: Path) -> Any:
 
 
 def _status(path: Path) -> str:
-    if (path / "COMPLETE").is_file():
+    if has_marker(path, COMPLETE):
         return "complete"
-    if (path / "FAILED").is_file():
+    if has_marker(path, FAILED):
         return "failed"
     return "incomplete"
 
@@ -348,7 +348,7 @@ def missing_report(sweep_dir: str | os.PathLike, runs: Sequence[RunRecord] | Non
         if cell["path"] in found:
             continue
         path = Path(cell["path"])
-        if (path / "FAILED").is_file():
+        if has_marker(path, FAILED):
             status = "failed"       # e.g. refused before the run wrote its config
         elif (path / "config.json").is_file():
             status = _status(path)  # unreadable config.json

@@ -18,6 +18,7 @@ import numpy as np
 from sparse_rl.analysis.gradient_flow import (AnalysisHook, chunked_snr_values, flatten_stats, gradient_flow_stats,
                                               leaves_with_paths, summarize_snr, topology_update_effect,
                                               update_steps, snr_values)
+from sparse_rl.errors import ConfigError
 from sparse_rl.train.rundir import ANALYSIS, ANALYSIS_META, EVER_ACTIVE, INIT_PARAMS
 
 ANALYSIS_FILE, INIT_PARAMS_FILE, EVER_ACTIVE_FILE, META_FILE = ANALYSIS, INIT_PARAMS, EVER_ACTIVE, ANALYSIS_META
@@ -139,6 +140,11 @@ class GradientFlowRecorder:
             self.init_params = _host_copy(like)
             save_tree_npz(init_file, self.init_params)
         else:
+            if not init_file.is_file():  # issue 16: never a resume silently without these columns
+                raise ConfigError("analysis_every", f"{init_file} is missing: the run was started "
+                                  "without analysis (--analysis-every 0), so it has no initial "
+                                  "parameters to measure distances from; resume it with "
+                                  "--analysis-every 0, or start a new run")
             self.init_params = load_tree_npz(init_file, like)
         # Masks only change at topology updates, all of which this recorder sees, so the union of
         # the masks it sees is the set of positions ever active. <run>/ever_active.npz keeps, per

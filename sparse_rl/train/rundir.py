@@ -155,6 +155,17 @@ def _content(path: Path) -> list[str]:
     return [n for n in names if n != LOCK and not (n.startswith(".") and ".tmp-" in n)]
 
 
+def has_marker(path: str | os.PathLike, name: str) -> bool:
+    """Whether the run directory at `path` holds the marker `name` (`COMPLETE`, `FAILED`). A marker
+    that is a symbolic link is refused (issue 16): through it any file would read as a finished or
+    failed run, and a sweep would skip the cell."""
+    marker = Path(path) / name
+    if marker.is_symlink():
+        raise ConfigError("out", f"{marker} is a symbolic link, not a marker sparse_rl wrote; "
+                          "remove it and re-run")
+    return marker.is_file()
+
+
 def run_status(path: str | os.PathLike) -> Status:
     """What a run directory holds, without taking its lock:
 
@@ -164,9 +175,9 @@ def run_status(path: str | os.PathLike) -> Status:
     * ``"absent"``: no directory, or nothing in it but the lock file.
     """
     path = Path(path)
-    if (path / COMPLETE).is_file():
+    if has_marker(path, COMPLETE):
         return "complete"
-    if (path / FAILED).is_file():
+    if has_marker(path, FAILED):
         return "failed"
     return "incomplete" if _content(path) else "absent"
 
@@ -295,7 +306,7 @@ class RunDir:
             raise
 
     def _check_state(self) -> None:
-        if (self.path / COMPLETE).exists():
+        if has_marker(self.path, COMPLETE):
             raise ConfigError("out", f"{self.path} holds a finished run (COMPLETE); refusing to "
                               "overwrite finished results", f"a new directory: --out {self.path}-2")
         content = _content(self.path)
@@ -303,7 +314,7 @@ class RunDir:
         if content and not self.resume:
             raise ConfigError("out", f"{self.path} holds an unfinished run; pass --resume to "
                               "continue it, or choose a new directory")
-        if self.resume and (self.path / FAILED).exists():
+        if self.resume and has_marker(self.path, FAILED):
             (self.path / FAILED).unlink()
             fsync_dir(self.path)
 
@@ -338,7 +349,7 @@ class RunDir:
 
     @property
     def is_complete(self) -> bool:
-        return (self.path / COMPLETE).exists()
+        return has_marker(self.path, COMPLETE)
 
     @property
     def locked(self) -> bool:
