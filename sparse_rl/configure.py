@@ -85,14 +85,8 @@ def apply_overrides(config, overrides: dict[str, Any], name: str = "config"):
 
 
 def first_update_step(agent: str, config, env_id: str) -> int:
-    """The env step before which the agent makes no gradient step."""
-    if agent == "ppo":
-        return config.num_envs * config.rollout_length
-    if agent == "sac":
-        from sparse_rl.agents.sac import resolve_config  # SAC's paper rule for None (10k or 1k)
-
-        return resolve_config(config, env_id).learning_starts
-    return config.learning_starts
+    """The env step before which the agent makes no gradient step (the agent's spec says)."""
+    return agents.spec(agent).first_update_step(config, env_id)
 
 
 def run_warnings(run: RunConfig, config) -> list[str]:

@@ -161,6 +161,9 @@ class AgentSpec:
     method_defaults: Mapping[str, Mapping[str, Mapping[str, Any]]]  # preset -> method -> SparsityConfig fields
     default_preset: Callable[[str], str]  # env family -> preset name
     make: Callable[..., Any]  # (config, env_spec, total_steps) -> Agent | OnPolicyAgent
+    # (config, env_id) -> the env step before which the agent makes no gradient step (learning
+    # starts, or one rollout), known before the env or the agent is built (run warnings, costs).
+    first_update_step: Callable[[Any, str], int]
 
     def __post_init__(self):
         if self.loop not in LOOPS:

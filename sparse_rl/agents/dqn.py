@@ -335,5 +335,11 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
     )
 
 
+def first_update_step(config: Config, env_id: str) -> int:
+    """The env step before which no gradient step runs."""
+    return config.learning_starts
+
+
 SPEC = AgentSpec(name="dqn", loop="offpolicy", config=Config, networks={"q": "sparsity"}, presets=PRESETS,
-                 method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make)
+                 method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make,
+                 first_update_step=first_update_step)

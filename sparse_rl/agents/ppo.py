@@ -703,5 +703,11 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
     )
 
 
+def first_update_step(config: Config, env_id: str) -> int:
+    """The env step before which no gradient step runs: one full rollout."""
+    return config.num_envs * config.rollout_length
+
+
 SPEC = AgentSpec(name="ppo", loop="onpolicy", config=Config, networks={"actor": "actor_sparsity", "value": "value_sparsity"},
-                 presets=PRESETS, method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make)
+                 presets=PRESETS, method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make,
+                 first_update_step=first_update_step)

@@ -564,6 +564,12 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
     )
 
 
+def first_update_step(config: Config, env_id: str) -> int:
+    """The env step before which no gradient step runs (the paper's 10k / 1k rule when None)."""
+    return resolve_config(config, env_id).learning_starts
+
+
 SPEC = AgentSpec(name="sac", loop="offpolicy", config=Config,
                  networks={"actor": "actor_sparsity", "critic1": "critic_sparsity", "critic2": "critic_sparsity"},
-                 presets=PRESETS, method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make)
+                 presets=PRESETS, method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make,
+                 first_update_step=first_update_step)
