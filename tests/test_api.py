@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import sparse_rl
-from sparse_rl import envs
+from sparse_rl import agents, envs
 from sparse_rl.api import configure_run
 from sparse_rl.cli import main as cli_main
 from sparse_rl.cli import parse_train_args
@@ -96,13 +96,13 @@ def test_factory_registration_is_stable():
 def test_agent_space_checks_name_what_the_agent_needs():
     with pytest.raises(ConfigError, match=r"^env: dqn needs Box observations and Discrete actions; "
                                           r"Pendulum-v1 has Box observations and Box actions"):
-        check_agent_spaces("dqn", envs.env_spec("Pendulum-v1"))
+        check_agent_spaces("dqn", agents.spec("dqn").spaces, envs.env_spec("Pendulum-v1"))
     with pytest.raises(ConfigError, match=r"^env: sac needs Box observations and Box actions"):
-        check_agent_spaces("sac", envs.env_spec("CartPole-v1"))
+        check_agent_spaces("sac", agents.spec("sac").spaces, envs.env_spec("CartPole-v1"))
     with pytest.raises(ConfigError, match=r"^env: ppo needs Box observations and Discrete or Box actions; "
                                           r"FrozenLake-v1 has Discrete observations"):
-        check_agent_spaces("ppo", envs.env_spec("FrozenLake-v1"))
-    check_agent_spaces("ppo", envs.env_spec("Pendulum-v1"))
+        check_agent_spaces("ppo", agents.spec("ppo").spaces, envs.env_spec("FrozenLake-v1"))
+    check_agent_spaces("ppo", agents.spec("ppo").spaces, envs.env_spec("Pendulum-v1"))
     # ... and before anything is written
     with pytest.raises(ConfigError, match="^env: dqn needs"):
         sparse_rl.train("dqn", "Pendulum-v1", steps=10, out="never-written")

@@ -164,6 +164,9 @@ class AgentSpec:
     # (config, env_id) -> the env step before which the agent makes no gradient step (learning
     # starts, or one rollout), known before the env or the agent is built (run warnings, costs).
     first_update_step: Callable[[Any, str], int]
+    # (observations, actions) the agent accepts, as gymnasium space names ("Box", "Discrete"):
+    # checked from the env's specs before anything is written (envs.compat.check_agent_spaces).
+    spaces: tuple[str, tuple[str, ...]]
 
     def __post_init__(self):
         if self.loop not in LOOPS:

@@ -342,4 +342,4 @@ def first_update_step(config: Config, env_id: str) -> int:
 
 SPEC = AgentSpec(name="dqn", loop="offpolicy", config=Config, networks={"q": "sparsity"}, presets=PRESETS,
                  method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make,
-                 first_update_step=first_update_step)
+                 first_update_step=first_update_step, spaces=("Box", ("Discrete",)))

@@ -710,4 +710,4 @@ def first_update_step(config: Config, env_id: str) -> int:
 
 SPEC = AgentSpec(name="ppo", loop="onpolicy", config=Config, networks={"actor": "actor_sparsity", "value": "value_sparsity"},
                  presets=PRESETS, method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make,
-                 first_update_step=first_update_step)
+                 first_update_step=first_update_step, spaces=("Box", ("Discrete", "Box")))

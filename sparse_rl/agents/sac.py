@@ -572,4 +572,4 @@ def first_update_step(config: Config, env_id: str) -> int:
 SPEC = AgentSpec(name="sac", loop="offpolicy", config=Config,
                  networks={"actor": "actor_sparsity", "critic1": "critic_sparsity", "critic2": "critic_sparsity"},
                  presets=PRESETS, method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make,
-                 first_update_step=first_update_step)
+                 first_update_step=first_update_step, spaces=("Box", ("Box",)))

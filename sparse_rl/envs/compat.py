@@ -8,21 +8,14 @@ from dm_env import specs
 
 from sparse_rl.errors import ConfigError
 
-# (observations, actions) each agent accepts, in the words of the error message.
-AGENT_SPACES = {
-    "dqn": ("Box", ("Discrete",)),
-    "sac": ("Box", ("Box",)),
-    "ppo": ("Box", ("Discrete", "Box")),
-}
-
-
 def space_name(spec) -> str:
     return "Discrete" if isinstance(spec, specs.DiscreteArray) else "Box"
 
 
-def check_agent_spaces(agent: str, env_spec) -> None:
-    """Raise ConfigError naming `env` unless `agent` can act in `env_spec`'s spaces."""
-    observations, actions = AGENT_SPACES[agent]
+def check_agent_spaces(agent: str, spaces: tuple[str, tuple[str, ...]], env_spec) -> None:
+    """Raise ConfigError naming `env` unless `agent`, which accepts `spaces` (its spec's
+    (observations, actions) in the words of the message), can act in `env_spec`'s spaces."""
+    observations, actions = spaces
     obs, act = space_name(env_spec.observation_spec), space_name(env_spec.action_spec)
     if obs != observations or act not in actions:
         needs = f"{observations} observations and {' or '.join(actions)} actions"

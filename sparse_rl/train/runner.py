@@ -45,7 +45,7 @@ def train_group(runs: Sequence[RunConfig], agent_configs: Sequence | None = None
         check_group(runs, [], None)
     spec = agents.spec(runs[0].agent)
     env_spec = envs.env_spec(runs[0].env, **runs[0].env_options())
-    check_agent_spaces(runs[0].agent, env_spec)
+    check_agent_spaces(spec.name, spec.spaces, env_spec)
     configs = list(agent_configs) if agent_configs is not None else [spec.preset_for(preset_family(env_spec))] * len(runs)
     runs = [r if r.out else dataclasses.replace(r, out=default_out(r, c)) for r, c in zip(runs, configs)]
     check_group(runs, configs, spec)
