@@ -53,8 +53,7 @@ def apply_shortcuts(agent: str, preset: str, config, shortcuts: Shortcuts):
     spec = agents.spec(agent)
     defaults = spec.method_defaults.get(preset, {})
     changes = {}
-    for field in spec.sparsity_fields:
-        sparsity_config = getattr(config, field)
+    for field, sparsity_config in spec.sparsity_configs(config).items():
         update = {}
         if shortcuts.method is not None:
             update["method"] = shortcuts.method

@@ -214,6 +214,11 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+class GroupResumeMismatch(ConfigError):
+    """The runs of a group cannot resume together (their newest valid checkpoints are at different
+    steps, or some have none): each can still resume on its own (the sweep then runs them alone)."""
+
+
 def leaves_run_resumable(error: BaseException) -> bool:
     """Whether a run stopped by `error` is left as it was rather than marked FAILED: bad input,
     a refused resume, a missing or corrupt file, a full disk. Only a diverged run and unexpected

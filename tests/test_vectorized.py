@@ -122,6 +122,24 @@ def test_offpolicy_group_resumes_from_its_checkpoints(tmp_path):
     with pytest.raises(ConfigError, match="at one step"):
         train_group([dataclasses.replace(r, resume=True) for r in runs], configs)
 
+    # The sweep groups cells to resume by their newest checkpoint's step (here 100 and 200: two
+    # tasks); a group whose checkpoints belie that (a damaged newest one) resumes its runs alone.
+    from sparse_rl.sweep.local import execute_task
+
+    cells = [G.Cell(agent="dqn", env="CartPole-v1", method="rigl", sparsity=0.9, seed=s,
+                    path=str(tmp_path / f"vec{s}"), id=f"g/seed{s}", steps=200,
+                    argv=DQN + ["--seed", str(s), "--out", str(tmp_path / f"vec{s}")]) for s in (0, 1)]
+    resume = {"g/seed0": "resume", "g/seed1": "resume"}
+    tasks = sweep_cli.make_tasks(cells, resume, True, workers=1)
+    assert [[c["id"] for c in t["cells"]] for t in tasks] == [["g/seed0"], ["g/seed1"]]
+    (tmp_path / "vec1" / "checkpoints" / f"ckpt_{200:012d}.done").rename(tmp_path / "hidden.done")
+    assert [len(t["cells"]) for t in sweep_cli.make_tasks(cells, resume, True, workers=1)] == [2]
+    (tmp_path / "hidden.done").rename(tmp_path / "vec1" / "checkpoints" / f"ckpt_{200:012d}.done")
+    results = execute_task({"cells": [dict(t["cells"][0], resume=True) for t in tasks], "vectorized": True})
+    assert [r["status"] for r in results] == ["complete", "complete"]
+    for s in (0, 1):
+        _same_run(tmp_path / f"vec{s}", tmp_path / f"sep{s}")
+
 
 def test_chunk_sizes_and_sweep_split():
     mib = 2**20

@@ -167,10 +167,14 @@ def classify(cells: list[G.Cell], retry_failed: bool) -> dict[str, str]:
 
 def make_tasks(cells: list[G.Cell], states: dict[str, str], vectorize: bool,
                levels: bool = False, workers: int = 1) -> list[dict]:
-    """Worker tasks for the cells to run: one cell each, or with `vectorize` the fresh cells of a
-    cell group (its seeds; with `levels` also the sparsity levels of a sparse method) together.
+    """Worker tasks for the cells to run: one cell each, or with `vectorize` the cells of a cell
+    group (its seeds; with `levels` also the sparsity levels of a sparse method) together, cells
+    to resume with those whose newest checkpoint is at the same step.
     With fewer vectorized tasks than `workers`, groups are split into consecutive sub-groups
     (e.g. 8 seeds, 2 workers: 2 processes of 4 seeds), so that every worker has one."""
+    from sparse_rl.train import checkpoint as ckpt
+    from sparse_rl.train.rundir import CHECKPOINTS
+
     def spec(c: G.Cell) -> dict:
         return {"id": c.id, "path": c.path, "argv": c.argv, "resume": states[c.id] == "resume",
                 "dense_matched": c.dense_matched, "steps": c.steps}
@@ -178,16 +182,15 @@ def make_tasks(cells: list[G.Cell], states: dict[str, str], vectorize: bool,
     todo = [c for c in cells if states[c.id] in ("run", "resume")]
     if not vectorize:
         return [{"cells": [spec(c)], "vectorized": False} for c in todo]
-    groups: OrderedDict[str, list[G.Cell]] = OrderedDict()
-    tasks = []
+    groups: OrderedDict[tuple, list[G.Cell]] = OrderedDict()
     for c in todo:
-        # Fresh cells are trained together; a cell with something to resume (checkpoints of its
-        # own) runs alone, and resumes exactly, from the same file format.
-        if states[c.id] == "run":
-            key = f"{c.agent}/{c.env}/{c.method}" if levels and c.method in G.SPARSE_METHODS else c.group
-            groups.setdefault(key, []).append(c)
-        else:
-            tasks.append({"cells": [spec(c)], "vectorized": False})
+        # A group resumes as a group from checkpoints at one step (the runs of an interrupted
+        # group stop together), so cells to resume are grouped by their newest checkpoint's step
+        # as well; fresh cells (and those with no checkpoint yet) start together.
+        key = f"{c.agent}/{c.env}/{c.method}" if levels and c.method in G.SPARSE_METHODS else c.group
+        step = ckpt.latest(Path(c.path) / CHECKPOINTS) if states[c.id] == "resume" else None
+        groups.setdefault((key, step), []).append(c)
+    tasks = []
     parts = split_groups([len(g) for g in groups.values()], workers)
     for group, n in zip(groups.values(), parts):
         for i in range(n):

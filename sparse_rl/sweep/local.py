@@ -30,7 +30,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from sparse_rl.errors import RunFileError, leaves_run_resumable, one_line
+from sparse_rl.errors import GroupResumeMismatch, RunFileError, leaves_run_resumable, one_line
 from sparse_rl.train.rundir import (FAILED, LOCK, RUN_MARKS, check_owned, open_lock,
                                    read_json_checked, run_status, write_json_checked,
                                    write_text_atomic)
@@ -144,21 +144,27 @@ def execute_task(task: dict) -> list[dict]:
     cells = task["cells"]
     resumable = False
     try:
+        alone = cells
         if task.get("vectorized") and len(cells) > 1:
             from sparse_rl.train.runner import train_group
 
             parsed = [_parse_cell(c) for c in cells]
-            train_group([r for r, _ in parsed], [c for _, c in parsed],
-                             summary_extra=[{"dense_matched": c["dense_matched"]} if c.get("dense_matched") else None
-                                            for c in cells])
-        else:
-            for cell in cells:
-                run, config = _parse_cell(cell)
-                from sparse_rl.train.runner import train
+            try:
+                train_group([r for r, _ in parsed], [c for _, c in parsed],
+                            summary_extra=[{"dense_matched": c["dense_matched"]} if c.get("dense_matched") else None
+                                           for c in cells])
+                alone = []
+            except GroupResumeMismatch:
+                # Found before anything is written (the parent groups cells by their newest
+                # checkpoint's step, which a damaged newest checkpoint can belie): each resumes alone.
+                pass
+        for cell in alone:
+            run, config = _parse_cell(cell)
+            from sparse_rl.train.runner import train
 
-                train(run, config)
-                if cell.get("dense_matched"):
-                    add_dense_matched(cell["path"], cell["dense_matched"])
+            train(run, config)
+            if cell.get("dense_matched"):
+                add_dense_matched(cell["path"], cell["dense_matched"])
         error = None
     except KeyboardInterrupt:
         raise

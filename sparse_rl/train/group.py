@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_rl import envs
-from sparse_rl.errors import ConfigError
+from sparse_rl.errors import ConfigError, GroupResumeMismatch
 from sparse_rl.sparsity import mask_update_due
 from sparse_rl.train.chunks import StateChunks, check_one_program, init_states
 from sparse_rl.train.context import RunConfig, RunContext
@@ -89,7 +89,7 @@ class Start:
         if any(r is not None for r in restored):
             steps = {None if r is None else int(r[2]["counters"]["step"]) for r in restored}
             if len(steps) > 1:
-                raise ConfigError("resume", "the runs of a group must resume from checkpoints at one step; "
+                raise GroupResumeMismatch("resume", "the runs of a group must resume from checkpoints at one step; "
                                   f"found {sorted(steps, key=str)}: resume them on their own")
             trees = [jax.tree_util.tree_map(jnp.asarray, r[0]["agent"]) for r in restored]
             state = trees[0] if len(trees) == 1 else jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
