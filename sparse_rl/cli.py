@@ -8,15 +8,14 @@ values as defaults, so `--help` shows the defaults that will actually be used.
 import argparse
 import dataclasses
 import importlib
-import signal
 import sys
-import threading
 from typing import Annotated
 
 import numpy as np
 import tyro
 
 from sparse_rl.errors import ConfigError, check, check_choice, exit_status, one_line, through_parser
+from sparse_rl.signals import interrupt_on_sigterm, restore_signals
 from sparse_rl.train.callbacks import Callback, WandbCallback
 
 COMMANDS = {
@@ -238,7 +237,7 @@ def main(argv=None) -> int:
         print(f"error: command: unknown command {command!r} (allowed: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     module_name, function = COMMANDS[command].split(":")
-    handlers = _interrupt_on_sigterm()
+    handlers = interrupt_on_sigterm()
     try:
         entry = getattr(importlib.import_module(module_name), function)
         return int(entry(rest) or 0)
@@ -252,30 +251,7 @@ def main(argv=None) -> int:
         print("interrupted: the run can be continued with --resume", file=sys.stderr)
         return 130
     finally:
-        _restore_signals(handlers, finished=console)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _interrupt_on_sigterm():
-    """SIGTERM interrupts like Ctrl-C (issue 16): runs stay resumable and a sweep records its cells
-    as interrupted instead of leaving them "pending". Returns the handlers to restore."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return {sig: signal.signal(sig, handler) for sig, handler in
-            ((signal.SIGTERM, _raise_interrupt), (signal.SIGINT, signal.getsignal(signal.SIGINT)))}
-
-
-def _restore_signals(handlers, finished: bool) -> None:
-    """Put the signal handlers back; in the `sparse-rl` process itself (`finished`), ignore
-    SIGINT and SIGTERM instead: a signal landing after the command has finished must not replace
-    its exit status (and message) with a bare 130."""
-    if handlers is None:
-        return
-    for sig, handler in handlers.items():
-        signal.signal(sig, signal.SIG_IGN if finished else handler)
+        restore_signals(handlers, finished=console)
 
 
 if __name__ == "__main__":

@@ -353,6 +353,28 @@ def test_10_sigterm_to_a_sweep_records_its_cells_as_interrupted(tmp_path):
     assert all(run_status(c) != "failed" for c in out.glob("dqn/*/*/seed*"))
 
 
+def test_10_sigterm_to_the_whole_job_leaves_its_cells_resumable(tmp_path):
+    """A scheduler stopping the job (SIGTERM to the sweep and its workers at once) leaves every
+    unfinished cell interrupted, never FAILED, and a re-run of the sweep resumes them."""
+    out = tmp_path / "sweep"
+    args = [a.replace("300", "3000") for a in SWEEP]
+    proc = subprocess.Popen([sys.executable, "-m", "sparse_rl.cli", *args, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.rglob("metrics.csv")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "FAILED" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    runs = list(out.glob("dqn/*/*/seed*"))
+    assert runs and all(run_status(c) != "failed" for c in runs)
+    assert {c["status"] for c in read_json_checked(out / "sweep.json")["cells"]} <= {"interrupted", "complete"}
+    again = subprocess.run([sys.executable, "-m", "sparse_rl.cli", *args, "--out", str(out), "--dry-run"],
+                           capture_output=True, text=True, timeout=120)
+    assert "0 failed" in again.stdout + again.stderr, (again.stdout + again.stderr)[-3000:]
+
+
 def test_10_a_signal_after_the_command_finished_keeps_its_status(tmp_path):
     script = ("import os, signal, sys\nfrom sparse_rl import cli\n"
               f"sys.argv = ['sparse-rl', 'sweep', '--dry-run', '--sparsities', '0.5', '--out', {str(tmp_path / 's')!r}]\n"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from sparse_rl.errors import GroupResumeMismatch, RunFileError, leaves_run_resumable, one_line
+from sparse_rl.signals import interrupt_on_sigterm
 from sparse_rl.train.rundir import (FAILED, LOCK, RUN_MARKS, check_owned, open_lock,
                                    read_json_checked, run_status, write_json_checked,
                                    write_text_atomic)
@@ -198,6 +199,7 @@ def main(argv=None) -> int:
     _die_with_parent()
     task = json.loads(argv[0])
     try:
+        interrupt_on_sigterm()  # a job stopped by its scheduler: the cells stay resumable
         results = execute_task(task)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -357,7 +359,9 @@ def finalize_task(task: dict, returncode: int | None, log: Path | None, error: s
     for cell in task["cells"]:
         status = run_status(cell["path"])
         message = None
-        interrupted = returncode in (130, -signal.SIGINT) and error is None
+        # A worker stopped by a signal from outside (Ctrl-C, a scheduler's SIGTERM, possibly before
+        # its handler was installed) was interrupted, not failed: a re-run of the sweep resumes it.
+        interrupted = returncode in (130, -signal.SIGINT, -signal.SIGTERM) and error is None
         if status != "complete" and interrupted:
             status, message = "interrupted", "worker interrupted; re-run the sweep to resume"
         elif status != "complete" and returncode == LEFT_RESUMABLE and error is None:
