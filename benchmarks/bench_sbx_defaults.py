@@ -169,7 +169,10 @@ def run_config(workload: str, steps: int, scale: float, library: str, method: st
     """One configuration, cold then warm on one new compilation cache directory."""
     row = {"library": library, "method": method}
     with tempfile.TemporaryDirectory(prefix="bench-sbxdef-") as tmp:
-        env = dict(os.environ, **compile_cache_env(os.path.join(tmp, "xla")))
+        cache = os.path.join(tmp, "xla")
+        # SPARSE_RL_COMPILE_CACHE wins over JAX's variable in `sparse-rl train`: set both, so that a
+        # cache the user keeps elsewhere cannot make a cold run warm.
+        env = dict(os.environ, SPARSE_RL_COMPILE_CACHE=cache, **compile_cache_env(cache))
         for phase in ("cold", "warm"):
             out = os.path.join(tmp, f"run-{phase}")
             if library == "sbx":
@@ -259,6 +262,11 @@ def parse_args(argv=None):
     bad = [w for w in workloads if w not in STEPS]
     if bad:
         parser.error(f"--workloads: unknown {bad} (allowed: {', '.join(STEPS)})")
+    from sparse_rl.sparsity import METHODS as KNOWN_METHODS
+
+    unknown = [m for m in (args.methods or "").split(",") if m and m not in KNOWN_METHODS]
+    if unknown:
+        parser.error(f"--methods: unknown {unknown} (allowed: {', '.join(KNOWN_METHODS)})")
     if args.pairs < 1 or args.steps_scale <= 0:
         parser.error("--pairs must be >= 1 and --steps-scale > 0")
     args.workloads = workloads
