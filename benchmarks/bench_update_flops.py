@@ -2,16 +2,18 @@
 
     python benchmarks/bench_update_flops.py
 
-For SAC on HalfCheetah-v5 and DQN on CartPole-v1 (dense, the presets' networks and batch sizes):
-the floating-point operations of one update (XLA's cost analysis of the compiled program),
-its measured time (best of 3 repetitions of 100 calls, the first call compiled beforehand), the
+For each case below (dense networks): the floating-point operations of one update (XLA's cost
+analysis of the compiled program), its measured time (best of 3 repetitions of 100 calls, the first call compiled beforehand), the
 achieved GFLOP/s, and the GFLOP/s of a plain jitted matmul of the update's largest layer shape,
 which is about what XLA's CPU kernels reach at those sizes. An update that already runs near that
 rate cannot be made much faster without doing less arithmetic; any other library doing the same
 update is bound by the same limit. Results: benchmarks/results/update_flops.json.
 
-PPO is left out: its update is a loop over epochs and minibatches, and XLA's cost analysis counts
-a loop body once, not once per trip.
+Two sets of rows: the paper's settings (the presets) and sbx's defaults (issue 15: DQN 256-256
+batch 32, SAC 256-256 batch 256, PPO 64-64 minibatch 64; the flags of bench_sbx_defaults.py).
+Every row also gives the microseconds of one update call. PPO's row has no FLOP count: its update
+is a loop over epochs and minibatches (one call learns from a whole 2048-step rollout), and XLA's
+cost analysis counts a loop body once, not once per trip; its time per gradient step is given.
 """
 
 import importlib
@@ -19,11 +21,28 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_sbx_defaults import STEPS, our_flags  # noqa: E402
 from common import machine, write_results  # noqa: E402
 
-CASES = (("sac", "HalfCheetah-v5", (256, 256, 256)), ("dqn", "CartPole-v1", (128, 512, 512)))
+
+class Case(NamedTuple):
+    settings: str  # "paper" (the preset) or "sbx defaults"
+    agent: str
+    env: str
+    matmul_shape: tuple[int, int, int]  # (batch, in, out) of the update's largest layer
+    flags: tuple[str, ...] = ()
+
+
+CASES = (
+    Case("paper", "sac", "HalfCheetah-v5", (256, 256, 256)),
+    Case("paper", "dqn", "CartPole-v1", (128, 512, 512)),
+    Case("sbx defaults", "dqn", "CartPole-v1", (32, 256, 256), tuple(our_flags("dqn", STEPS["dqn"], 1.0))),
+    Case("sbx defaults", "sac", "HalfCheetah-v5", (256, 256, 256), tuple(our_flags("sac", STEPS["sac"], 1.0))),
+    Case("sbx defaults", "ppo", "HalfCheetah-v5", (64, 64, 64), tuple(our_flags("ppo", STEPS["ppo"], 1.0))),
+)
 
 
 def _best_seconds(call, reps: int = 100, rounds: int = 3) -> float:
@@ -46,32 +65,52 @@ def _flops(compiled) -> float:
     return float(cost["flops"])
 
 
-def update_case(agent_name: str, env_id: str) -> dict:
+def zeros_like_shapes(shapes):
+    import jax
+
+    return jax.tree_util.tree_map(lambda s: jax.numpy.zeros(s.shape, s.dtype), shapes)
+
+
+def example_input(agent, spec, config):
+    """A zero batch (off-policy) or rollout (PPO) of the shapes the agent's update takes."""
+    from sparse_rl.agents.base import OnPolicyNeeds, example_rollout
+    from sparse_rl.train.offpolicy import example_batch
+
+    if isinstance(agent.loop, OnPolicyNeeds):
+        return zeros_like_shapes(example_rollout(agent.loop))
+    return zeros_like_shapes(example_batch(spec.observation_spec, spec.action_spec, config.batch_size))
+
+
+def update_case(case: Case) -> dict:
     import jax
 
     from sparse_rl import envs
     from sparse_rl.cli import build_train_args
-    from sparse_rl.train.offpolicy import example_batch
 
-    module = importlib.import_module(f"sparse_rl.agents.{agent_name}")
-    spec = envs.env_spec(env_id)
-    run, config = build_train_args(["--agent", agent_name, "--env", env_id, "--method", "dense"])
+    module = importlib.import_module(f"sparse_rl.agents.{case.agent}")
+    spec = envs.env_spec(case.env)
+    run, config = build_train_args(["--agent", case.agent, "--env", case.env, "--method", "dense", *case.flags])
     agent = module.make(config, spec, run.steps)
     state = agent.init(jax.random.PRNGKey(0))
-    shapes = example_batch(spec.observation_spec, spec.action_spec, config.batch_size)
-    batch = jax.tree_util.tree_map(lambda s: jax.numpy.zeros(s.shape, s.dtype), shapes)
+    batch = example_input(agent, spec, config)
     key = jax.random.PRNGKey(1)
     update = jax.jit(lambda s, b, k: agent.update(s, b, k, topology=False))
-    flops = _flops(update.lower(state, batch, key).compile())
+    compiled = update.lower(state, batch, key).compile()
+    loops = case.agent == "ppo"  # a loop body is counted once by the cost analysis (see above)
+    flops = None if loops else _flops(compiled)
     holder = {"state": state}
 
     def call():
         holder["state"], metrics = update(holder["state"], batch, key)
         return metrics
 
-    seconds = _best_seconds(call)
-    return {"agent": agent_name, "env": env_id, "update_mflop": flops / 1e6, "update_ms": seconds * 1e3,
-            "update_gflops": flops / seconds / 1e9}
+    seconds = _best_seconds(call, reps=10 if loops else 100)
+    gradient_steps = agent.loop.gradient_steps
+    return {"settings": case.settings, "agent": case.agent, "env": case.env,
+            "update_mflop": None if flops is None else flops / 1e6, "update_ms": seconds * 1e3,
+            "update_us": seconds * 1e6, "gradient_steps_per_update": gradient_steps,
+            "gradient_step_us": seconds * 1e6 / gradient_steps,
+            "update_gflops": None if flops is None else flops / seconds / 1e9}
 
 
 def matmul_gflops(m: int, k: int, n: int) -> float:
@@ -85,16 +124,16 @@ def matmul_gflops(m: int, k: int, n: int) -> float:
 
 def main():
     rows = []
-    for agent_name, env_id, shape in CASES:
-        row = update_case(agent_name, env_id)
-        row["matmul_shape"] = list(shape)
-        row["matmul_gflops"] = matmul_gflops(*shape)
-        row["fraction_of_matmul_rate"] = row["update_gflops"] / row["matmul_gflops"]
+    for case in CASES:
+        row = update_case(case)
+        row["matmul_shape"] = list(case.matmul_shape)
+        row["matmul_gflops"] = matmul_gflops(*case.matmul_shape)
+        row["fraction_of_matmul_rate"] = (None if row["update_gflops"] is None
+                                          else row["update_gflops"] / row["matmul_gflops"])
         rows.append(row)
         print(json.dumps(row), flush=True)
     path = write_results("update_flops", {"benchmark": "update_flops", "machine": machine(), "cases": rows})
     print(f"wrote {path}")
-
 
 if __name__ == "__main__":
     main()

@@ -66,16 +66,89 @@ def sweep_rows() -> list[str]:
     return lines
 
 
-def flops_rows() -> list[str]:
-    path = RESULTS / "update_flops.json"
-    if not path.exists():
+def _read_json(path: Path):
+    """A results file's content, or None when it is missing or not JSON (results are data, not trusted)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _rows_or_nothing(make_rows, data) -> list[str]:
+    """`make_rows(data)`, or no rows when the file's content is not what the benchmark writes."""
+    if not isinstance(data, dict):
         return []
-    lines = ["| update (dense) | MFLOP per update | ms per update | GFLOP/s | matmul GFLOP/s (shape) | fraction of the matmul rate |",
-             "|---|---|---|---|---|---|"]
-    for c in json.loads(path.read_text())["cases"]:
+    try:
+        return make_rows(data)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return []
+
+
+def act_us(case: str) -> tuple[float | None, float | None]:
+    """(act_us, act_us_before) of one case of act.json (written by bench_act.py), None where absent."""
+    data = _read_json(RESULTS / "act.json")
+    entry = data.get(case) if isinstance(data, dict) else None
+    if not isinstance(entry, dict):
+        return None, None
+    values = [entry.get(key) for key in ("act_us", "act_us_before")]
+    return tuple(v if isinstance(v, (int, float)) else None for v in values)
+
+
+def flops_rows() -> list[str]:
+    """Update cost per call (both settings); act per call for sbx's defaults (bench_act.py's cases)."""
+    return _rows_or_nothing(_flops_lines, _read_json(RESULTS / "update_flops.json"))
+
+
+def _flops_lines(data: dict) -> list[str]:
+    lines = ["| update (dense) | settings | MFLOP per update | us per update (per gradient step) | GFLOP/s "
+             "| matmul GFLOP/s (shape) | fraction of the matmul rate | act us (before issue 15) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in data.get("cases", []):
+        settings = c.get("settings", "paper")
         shape = "x".join(str(d) for d in c["matmul_shape"])
-        lines.append(f"| {c['agent']} {c['env']} | {c['update_mflop']:.0f} | {c['update_ms']:.2f} | {c['update_gflops']:.0f} "
-                     f"| {c['matmul_gflops']:.0f} ({shape}) | {c['fraction_of_matmul_rate']:.2f} |")
+        us = c["update_us"] if "update_us" in c else c["update_ms"] * 1e3  # files from before update_us
+        steps = c.get("gradient_steps_per_update", 1)
+        per_step = f"{us:.0f}" if steps == 1 else f"{us:.0f} ({c.get('gradient_step_us', us / steps):.0f})"
+        act, act_before = act_us(f"{c['agent']} {c['env']}") if settings == "sbx defaults" else (None, None)
+        act_cell = "" if act is None else f"{act:.0f}" + ("" if act_before is None else f" ({act_before:.0f})")
+        lines.append(f"| {c['agent']} {c['env']} | {settings} | {_fmt(c.get('update_mflop'))} | {per_step} "
+                     f"| {_fmt(c.get('update_gflops'))} | {c['matmul_gflops']:.0f} ({shape}) "
+                     f"| {_fmt(c.get('fraction_of_matmul_rate'), '.2f')} | {act_cell} |")
+    return lines
+
+
+def _range(stats: dict | None, spec: str = ".2f") -> str:
+    """'median (min-max)' of a statistic over the pairs; the median alone for one pair."""
+    if not isinstance(stats, dict) or "median" not in stats:
+        return ""
+    if stats.get("n", 1) == 1:
+        return format(stats["median"], spec)
+    return f"{stats['median']:{spec}} ({stats['min']:{spec}}-{stats['max']:{spec}})"
+
+
+def sbx_defaults_rows() -> list[str]:
+    """bench_sbx_defaults.py: whole processes at sbx's defaults, cold / warm compilation cache."""
+    return _rows_or_nothing(_sbx_defaults_lines, _read_json(RESULTS / "sbx_defaults.json"))
+
+
+def _sbx_defaults_lines(data: dict) -> list[str]:
+    lines = [f"| workload at sbx's defaults ({data.get('pairs', '?')} pairs) | library | method | wall s cold / warm "
+             "| speed-up vs sbx cold / warm | peak MiB cold / warm | memory vs sbx cold / warm "
+             "| speed vs our dense cold / warm |",
+             "|---|---|---|---|---|---|---|---|"]
+    for w in data.get("workloads", []):
+        name = f"{w['workload'].upper()} {w['env']}, {w['steps']:,} steps"
+        for row in w.get("summary", []):
+            theirs = row["library"] == "sbx"
+
+            def both(key, spec=".2f", row=row):
+                return f"{_range(row['cold'].get(key), spec)} / {_range(row['warm'].get(key), spec)}"
+
+            method = row["method"] if row["method"] == "dense" else f"{row['method']} {w.get('sparsity', 0.9):.0%}"
+            lines.append(f"| {name} | {row['library']} | {method} | {both('wall_s', '.1f')} "
+                         f"| {'' if theirs else both('speedup_vs_sbx')} | {both('peak_rss_mib', '.0f')} "
+                         f"| {'' if theirs else both('memory_vs_sbx')} "
+                         f"| {'' if theirs or row['method'] == 'dense' else both('speed_vs_our_dense')} |")
     return lines
 
 
@@ -99,6 +172,8 @@ def memory_rows() -> list[str]:
 
 if __name__ == "__main__":
     print("\n".join(speed_rows()))
+    print()
+    print("\n".join(sbx_defaults_rows()))
     print()
     print("\n".join(flops_rows()))
     print()
