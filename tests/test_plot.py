@@ -32,14 +32,16 @@ def final_return(env: str, method: str, sparsity: float, seed: int) -> float:
     return round(value + 3.0 * seed - 3.0, 3) + 0.125
 
 
-def _write_run(run_dir: Path, env: str, method: str, sparsity: float, seed: int, status: str = "complete"):
+def _write_run(run_dir: Path, env: str, method: str, sparsity: float, seed: int, status: str = "complete",
+               distribution=None):
     run_dir.mkdir(parents=True)
     sparse_method = "dense" if method == "dense-matched" else method
     width = {0.5: 0.72, 0.9: 0.33}.get(sparsity, 1.0) if method == "dense-matched" else 1.0
     config = {"run": {"agent": "dqn", "env": env, "steps": TOTAL, "seed": seed, "eval_every": 1000},
               "agent": {"width_multiplier": width,
                         "sparsity": {"method": sparse_method,
-                                     "sparsity": 0.0 if method == "dense" else sparsity}},
+                                     "sparsity": 0.0 if method == "dense" else sparsity,
+                                     **({} if distribution is None else {"distribution": distribution})}},
               "out": str(run_dir), "library_version": "0.1.0"}
     (run_dir / "config.json").write_text(json.dumps(config))
     final = final_return(env, method, sparsity, seed)
@@ -349,3 +351,44 @@ def test_real_sweep_then_plot(tmp_path):
         assert float(rows[method]["mean"]) == pytest.approx(final, rel=1e-12)
         assert int(rows[method]["n"]) == 1
     assert float(rows["static"]["sparsity"]) == 0.8
+
+
+def test_erk_and_uniform_runs_are_separate_cells(tmp_path, capsys):
+    """An ERK-vs-uniform study plotted from one directory (scripts/erk_uniform_dqn_*_small.toml):
+    uniform runs are their own method, `rigl-uniform`, and never pooled with ERK's `rigl`; a
+    corrupt distribution value is read as the default, not trusted as a name."""
+    uniform_factor = 0.5
+    for seed in SEEDS:
+        _write_run(tmp_path / f"erk/dense/seed{seed}", "CartPole-v1", "dense", 0.0, seed)
+        _write_run(tmp_path / f"erk/rigl/seed{seed}", "CartPole-v1", "rigl", 0.9, seed, distribution="erk")
+        _write_run(tmp_path / f"uniform/rigl/seed{seed}", "CartPole-v1", "rigl", 0.9, seed,
+                   distribution="uniform")
+        summary = tmp_path / f"uniform/rigl/seed{seed}/summary.json"
+        data = json.loads(summary.read_text())
+        data["final_eval_return"] *= uniform_factor
+        summary.write_text(json.dumps(data))
+    _write_run(tmp_path / "odd/rigl/seed0", "CartPole-v1", "rigl", 0.9, 0, distribution=["not", "a name"])
+    runs = results.load_runs(tmp_path)
+    assert sorted({r.method for r in runs}) == ["dense", "rigl", "rigl-uniform"]
+    scores = {(c.method, c.sparsity): c for c in results.final_scores(runs, reps=200)}
+    assert [m for m, _ in scores] == ["dense", "rigl", "rigl-uniform"]   # each variant after its method
+    erk = [final_return("CartPole-v1", "rigl", 0.9, s) for s in SEEDS]
+    assert scores[("rigl", 0.9)].n == 4   # the 3 ERK seeds and the corrupt one
+    assert scores[("rigl-uniform", 0.9)].n == 3
+    assert scores[("rigl-uniform", 0.9)].mean == pytest.approx(uniform_factor * np.mean(erk))
+    assert plot_main([str(tmp_path), "--reps", "200", "--formats", "png", "--quiet"]) == 0
+    table = (tmp_path / "plots" / "results.md").read_text()
+    assert re.search(r"\| rigl-uniform \| 0\.9 \|", table), table
+    assert (tmp_path / "plots" / "sparsity_dqn.png").is_file()
+
+
+def test_method_label_and_order():
+    assert results.method_label("rigl", "uniform") == "rigl-uniform"
+    assert results.method_label("rigl", "erk") == "rigl"
+    assert results.method_label("dense", "uniform") == "dense"
+    assert results.base_method("rigl-uniform") == "rigl"
+    assert results.base_method("dense-matched") == "dense-matched"
+    assert results.base_method("mine") == "mine"
+    order = ["rigl-uniform", "static", "dense", "rigl", "static-uniform", "dense-matched", "mine"]
+    assert sorted(order, key=results.method_sort_key) == [
+        "dense", "dense-matched", "static", "static-uniform", "rigl", "rigl-uniform", "mine"]

@@ -37,8 +37,8 @@ import numpy as np
 from sparse_rl.errors import ConfigError, check
 from sparse_rl.sweep import normalize as norm
 from sparse_rl.sweep.results import (AGGREGATES, DENSE, DENSE_MATCHED, CellScore, MissingCell,
-                                     RunRecord, bootstrap_curve_ci, complete_runs, final_scores,
-                                     load_runs, method_sort_key, missing_report,
+                                     RunRecord, base_method, bootstrap_curve_ci, complete_runs,
+                                     final_scores, load_runs, method_sort_key, missing_report,
                                      performance_profile, probability_of_improvement,
                                      stratified_bootstrap, write_results_csv)
 
@@ -53,9 +53,24 @@ _MARKERS = {DENSE: "s", DENSE_MATCHED: "D", "static": "o", "prune": "v", "set": 
 
 
 def _color(method: str) -> str:
+    """A method's colour; a distribution variant (`rigl-uniform`) gets a lighter shade of its
+    method's, so that ERK and uniform of one method read as a pair."""
     if method in METHOD_COLORS:
         return METHOD_COLORS[method]
+    base = base_method(method)
+    if base in METHOD_COLORS:
+        return _lighter(METHOD_COLORS[base])
     return _EXTRA_COLORS[sum(map(ord, method)) % len(_EXTRA_COLORS)]
+
+
+def _lighter(hex_color: str, amount: float = 0.5) -> str:
+    """`hex_color` mixed with white (amount 0: unchanged, 1: white)."""
+    rgb = [int(hex_color[i:i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in rgb)
+
+
+def _marker(method: str) -> str:
+    return _MARKERS.get(base_method(method), "o")
 
 
 def _plt():
@@ -289,7 +304,7 @@ def final_vs_sparsity(scores: Sequence[CellScore], report: PlotReport, formats) 
                 s = np.array([c.sparsity for c in cells])
                 mean = np.array([c.mean for c in cells])
                 err = np.array([[c.mean - c.ci_low for c in cells], [c.ci_high - c.mean for c in cells]])
-                ax.errorbar(s, mean, yerr=err, color=_color(m), marker=_MARKERS.get(m, "o"), ms=5,
+                ax.errorbar(s, mean, yerr=err, color=_color(m), marker=_marker(m), ms=5,
                             lw=1.6, capsize=3, label=m)
             _sparsity_axis(ax, levels)
             n = sorted({c.n for c in mine if c.env == env})
@@ -324,7 +339,7 @@ def final_vs_params(scores: Sequence[CellScore], report: PlotReport, formats) ->
                 p = np.array([c.params for c in cells], dtype=float)
                 mean = np.array([c.mean for c in cells])
                 err = np.array([[c.mean - c.ci_low for c in cells], [c.ci_high - c.mean for c in cells]])
-                ax.errorbar(p, mean, yerr=err, color=_color(method), marker=_MARKERS.get(method, "o"),
+                ax.errorbar(p, mean, yerr=err, color=_color(method), marker=_marker(method),
                             ms=5, lw=1.6, capsize=3, ls="--" if method == DENSE else "-", label=key)
                 if method == DENSE:  # mark the full-width network
                     for c in cells:
@@ -432,7 +447,7 @@ def _iqm_vs_sparsity(agent, tasks, label, estimates, dense_est, levels, report, 
         point = np.array([estimates[k][0][0] for k in keys])
         low = np.array([estimates[k][1][0] for k in keys])
         high = np.array([estimates[k][2][0] for k in keys])
-        ax.plot(s, point, color=_color(m), marker=_MARKERS.get(m, "o"), ms=5, lw=1.6, label=m)
+        ax.plot(s, point, color=_color(m), marker=_marker(m), ms=5, lw=1.6, label=m)
         ax.fill_between(s, low, high, color=_color(m), alpha=0.15, lw=0)
     if levels:
         _sparsity_axis(ax, levels)

@@ -5,6 +5,9 @@ directory is not relied on); each one is read as described in docs/CONTRACTS.md 
 
 * agent, env, seed from `config.json` (`run`), method and target sparsity from `summary.json` when
   present (else from the agent config's `sparsity` / `actor_sparsity`);
+* a sparse run whose per-layer distribution (the agent config's main sparsity) is not ERK, the
+  default, gets the distribution in its method name (`rigl-uniform`), so that an ERK-vs-uniform
+  study plotted from one directory keeps the two apart instead of pooling them as one cell;
 * ``dense-matched`` runs: a summary with a `dense_matched` entry (or method ``dense-matched``, or a
   dense run with `width_multiplier` != 1). Their "sparsity" is the sparsity they were matched to
   (`dense_matched.sparsity` / `target_sparsity` / `matched_sparsity`, else the sweep.json cell);
@@ -32,20 +35,41 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from sparse_rl.errors import ConfigError, RunFileError
+from sparse_rl.sparsity.config import DISTRIBUTIONS
 from sparse_rl.train.rundir import COMPLETE, FAILED, has_marker, read_json_checked
 
 __all__ = ["RunRecord", "MissingCell", "load_runs", "missing_report", "complete_runs",
            "final_scores", "CellScore", "bootstrap_mean_ci", "write_results_csv", "RESULT_FIELDS",
-           "METHOD_ORDER", "method_sort_key", "DENSE", "DENSE_MATCHED"]
+           "METHOD_ORDER", "method_sort_key", "method_label", "base_method", "DENSE", "DENSE_MATCHED",
+           "DEFAULT_DISTRIBUTION"]
 
 DENSE = "dense"
 DENSE_MATCHED = "dense-matched"
 METHOD_ORDER = (DENSE, DENSE_MATCHED, "static", "prune", "set", "rigl")
 SKIP_DIRS = {"checkpoints", "tensorboard", "plots", "__pycache__"}
+DEFAULT_DISTRIBUTION = "erk"
+
+
+def method_label(method: str, distribution: str | None) -> str:
+    """The name a run is grouped, tabled and plotted under: the method, with the per-layer
+    distribution appended when a sparse run does not use the default (`rigl-uniform`)."""
+    if method in (DENSE, DENSE_MATCHED) or not distribution or distribution == DEFAULT_DISTRIBUTION:
+        return method
+    return f"{method}-{distribution}"
+
+
+def base_method(label: str) -> str:
+    """The training method of a `method_label` ("rigl-uniform" -> "rigl"); unknown names as given."""
+    if label in METHOD_ORDER:
+        return label
+    head = label.split("-", 1)[0]
+    return head if head in METHOD_ORDER else label
 
 
 def method_sort_key(method: str):
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    """Table order: the paper's method order, each method's distribution variants right after it."""
+    base = base_method(method)
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), base != method, method)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,12 +240,13 @@ def _record(run_dir: Path, config: Mapping, cell: Mapping | None) -> RunRecord:
     seed = -1 if seed is None else seed
 
     sparsity_cfg = {}
-    if not summary.get("method") or summary.get("target_sparsity") is None:  # else no agent import needed
+    if summary.get("method") != DENSE:  # the distribution is only in the config (else no agent import needed)
         from sparse_rl.agents import main_sparsity_of
 
         sparsity_cfg = main_sparsity_of({"run": {"agent": agent}, "agent": agent_cfg}) or {}
     method = summary.get("method") or sparsity_cfg.get("method") or cell.get("method") or DENSE
     method = str(method).replace("_", "-")
+    distribution = sparsity_cfg.get("distribution")
     width = _float(agent_cfg.get("width_multiplier"))
     dm = summary.get("dense_matched")
     if isinstance(dm, Mapping) and _float(dm.get("width_multiplier")) is not None:
@@ -244,6 +269,8 @@ def _record(run_dir: Path, config: Mapping, cell: Mapping | None) -> RunRecord:
             sparsity = _float(cell.get("sparsity"))
         sparsity = float("nan") if sparsity is None else sparsity
     sparsity = round(sparsity, 6) if math.isfinite(sparsity) else sparsity
+    if method not in (DENSE, DENSE_MATCHED):
+        method = method_label(method, distribution if distribution in DISTRIBUTIONS else None)
 
     status = _status(run_dir)
     final = _float(summary.get("final_eval_return")) if status == "complete" else None
