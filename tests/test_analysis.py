@@ -405,6 +405,27 @@ def test_component_table_names_swept_and_fixed_components(tmp_path):
     assert plots.plot_components(rows, tmp_path / "plots", formats=("png",))[0].stat().st_size > 0
 
 
+def test_component_summary_is_mean_std_n_per_component_and_level(tmp_path, capsys):
+    from sparse_rl.analysis.cli import main as analyze_main
+    from sparse_rl.analysis.sensitivity import component_summary, component_table
+
+    for seed, ret in enumerate((10.0, 14.0)):
+        fake_run(tmp_path / "actor" / f"a{seed}", "sac", {"actor": (100, 10), "critic1": (100, 100)}, ret, seed)
+        fake_run(tmp_path / "critic" / f"c{seed}", "sac", {"actor": (100, 100), "critic1": (100, 10)},
+                 ret - 8.0, seed)
+    fake_run(tmp_path / "critic" / "c9", "sac", {"actor": (100, 100), "critic1": (100, 50)}, 3.0, 9)
+    fake_run(tmp_path / "critic" / "nan", "sac", {"actor": (100, 100), "critic1": (100, 50)}, None, 8)
+    rows = component_summary(component_table([tmp_path / "actor", tmp_path / "critic"]))
+    got = [(r["series"], r["component"], r["sparsity"], r["return_mean"], round(r["return_std"], 4), r["n"])
+           for r in rows]
+    assert got == [("actor", "actor", 0.9, 12.0, 2.8284, 2), ("critic", "critic1", 0.9, 4.0, 2.8284, 2),
+                   ("critic", "critic1", 0.5, 3.0, 0.0, 1)]
+    assert analyze_main(["components", str(tmp_path / "actor"), str(tmp_path / "critic"),
+                         "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "components_summary.md").read_text()
+    assert "| sac | Pendulum-v1 | critic | critic1 | 0.9 | 4 | 2.828 | 2 |" in table, table
+
+
 def test_observation_noise_keeps_integer_dtype():
     from sparse_rl.analysis.sensitivity import _noisy
 

@@ -202,6 +202,8 @@ def _components(args) -> int:
         raise ConfigError("SWEEP_DIR", f"no finished run (summary.json) below {', '.join(args.dirs)}")
     out = _out(args, roots[0])
     files = S.write_table(rows, out / "components.csv")
+    files += S.write_table(S.component_summary(rows), out / "components_summary.csv", out / "components_summary.md",
+                           title="Final return per component and sparsity (mean, std over seeds, n)")
     files += plots.plot_components(rows, out)
     _report(files, f"per-component sensitivity of {len(rows)} run(s)")
     return 0

@@ -439,3 +439,19 @@ def component_table(roots: Sequence, threshold: float = 0.01) -> list[dict]:
                 row[f"sparsity_{net}"] = 1.0 - z / t if t else 0.0
             rows.append(row)
     return rows
+
+
+def component_summary(rows: Sequence[dict]) -> list[dict]:
+    """`component_table` rows with a final return, summarised per (agent, env, series, component,
+    sparsity rounded to 3 places) in first-seen order: `{agent, env, series, component, sparsity,
+    return_mean, return_std, n}`; the std is over seeds (ddof 1; 0 for a single run), the figure a
+    study's README table quotes."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        ret = r.get("final_return")
+        if isinstance(ret, (int, float)) and math.isfinite(ret):
+            key = (r.get("agent"), r.get("env"), r.get("series"), r.get("component"), round(r["sparsity"], 3))
+            groups.setdefault(key, []).append(float(ret))
+    return [{"agent": a, "env": e, "series": se, "component": c, "sparsity": sp,
+             "return_mean": float(np.mean(v)), "return_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+             "n": len(v)} for (a, e, se, c, sp), v in groups.items()]
