@@ -329,3 +329,32 @@ def test_vectorized_sac_equals_separate_runs(tmp_path):
         train(run, config)
         # continuous actions: returns equal up to reassociation too
         _same_metrics(tmp_path / f"vec{seed}", tmp_path / f"sep{seed}", rtol=1e-4, exact_returns=False)
+
+
+@pytest.mark.parametrize("first, second, key", [
+    ("erk_uniform_dqn_erk_small", "erk_uniform_dqn_uniform_small", "distribution"),
+    ("sensitivity_ppo_actor_small", "sensitivity_ppo_value_small", "dense"),
+])
+def test_reduced_study_recipes_plan_and_differ_only_in_what_they_compare(first, second, key):
+    """The halves of each reduced study (scripts/*_small.toml, README "Reduced studies") are valid
+    grids, and their cells train the same settings apart from the compared one (and dense, which
+    only the first half runs)."""
+    from sparse_rl.sweep.grid import grid_from_file, plan
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    halves = []
+    for name in (first, second):
+        grid, _ = grid_from_file(scripts / f"{name}.toml")
+        cells = plan(grid, check_existing=False)
+        halves.append({(c.method, c.sparsity, c.seed): c for c in cells if c.method != "dense"})
+    assert halves[0].keys() == halves[1].keys() and len(halves[0]) >= 6
+
+    def settings(cell):  # argv without the compared flag and --out, each with its one value
+        argv = list(cell.argv)
+        dropped = {i + d for i, t in enumerate(argv) if t.startswith("--") and (key in t or t == "--out")
+                   for d in (0, 1)}
+        return [t for i, t in enumerate(argv) if i not in dropped]
+
+    for k, cell in halves[0].items():
+        assert settings(cell) == settings(halves[1][k])
+        assert cell.argv != halves[1][k].argv
