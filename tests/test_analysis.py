@@ -374,7 +374,7 @@ def test_recorder_off_without_hook_or_interval(tmp_path, dqn_agent):
 
 # --- per-component tables (training-time sensitivity sweeps) -------------------------------------
 
-def fake_run(path, agent, nets, ret, seed=0):
+def fake_run(path, agent, nets, ret, seed=0, method=None):
     """A finished run directory with a summary.json: nets = {name: (total, nonzero)}."""
     path.mkdir(parents=True)
     (path / "config.json").write_text("{}")
@@ -382,7 +382,7 @@ def fake_run(path, agent, nets, ret, seed=0):
                 for n, (t, nz) in nets.items()}
     (path / "summary.json").write_text(json.dumps(
         {"agent": agent, "env": "Pendulum-v1", "seed": seed, "final_eval_return": ret,
-         "networks": networks}))
+         "networks": networks, **({} if method is None else {"method": method})}))
 
 
 def test_component_table_names_swept_and_fixed_components(tmp_path):
@@ -409,8 +409,10 @@ def test_component_summary_is_mean_std_n_per_component_and_level(tmp_path, capsy
     from sparse_rl.analysis.cli import main as analyze_main
     from sparse_rl.analysis.sensitivity import component_summary, component_table
 
+    fake_run(tmp_path / "actor" / "dense", "sac", {"actor": (100, 100), "critic1": (100, 100)}, 20.0, 0, "dense")
     for seed, ret in enumerate((10.0, 14.0)):
-        fake_run(tmp_path / "actor" / f"a{seed}", "sac", {"actor": (100, 10), "critic1": (100, 100)}, ret, seed)
+        fake_run(tmp_path / "actor" / f"a{seed}", "sac", {"actor": (100, 10), "critic1": (100, 100)}, ret, seed,
+                 "rigl")
         fake_run(tmp_path / "critic" / f"c{seed}", "sac", {"actor": (100, 100), "critic1": (100, 10)},
                  ret - 8.0, seed)
     fake_run(tmp_path / "critic" / "c9", "sac", {"actor": (100, 100), "critic1": (100, 50)}, 3.0, 9)
@@ -418,7 +420,8 @@ def test_component_summary_is_mean_std_n_per_component_and_level(tmp_path, capsy
     rows = component_summary(component_table([tmp_path / "actor", tmp_path / "critic"]))
     got = [(r["series"], r["component"], r["sparsity"], r["return_mean"], round(r["return_std"], 4), r["n"])
            for r in rows]
-    assert got == [("actor", "actor", 0.9, 12.0, 2.8284, 2), ("critic", "critic1", 0.9, 4.0, 2.8284, 2),
+    assert got == [("actor", "actor", 0.9, 12.0, 2.8284, 2),   # not "actor rigl": the dense run is no method
+                   ("dense", "dense", 0.0, 20.0, 0.0, 1), ("critic", "critic1", 0.9, 4.0, 2.8284, 2),
                    ("critic", "critic1", 0.5, 3.0, 0.0, 1)]
     assert analyze_main(["components", str(tmp_path / "actor"), str(tmp_path / "critic"),
                          "--out", str(tmp_path / "out")]) == 0

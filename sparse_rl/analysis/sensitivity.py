@@ -403,7 +403,9 @@ def component_table(roots: Sequence, threshold: float = 0.01) -> list[dict]:
         sp = [{k: 1.0 - nz / t if t else 0.0 for k, (t, nz) in kern.items()} for _, _, kern in found]
         keys = list(dict.fromkeys(k for p in sp for k in p))
         swept = {k for k in keys if np.ptp([p.get(k, 0.0) for p in sp]) > 0.005} if sp else set()
-        methods = {str(s.get("method")) for _, s, _ in found}
+        # a root's dense baseline (scripts/sensitivity_ppo_actor_small.toml) is its own series, so it
+        # does not make the root's sparse runs look like several methods
+        methods = {str(s.get("method")) for _, s, _ in found if s.get("method") != "dense"}
         by_net: dict[str, list] = {}
         for net, path in keys:
             by_net.setdefault(net, []).append(path)
