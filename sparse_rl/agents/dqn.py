@@ -284,7 +284,7 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         return jnp.where(explore_draw < eps, random_actions, greedy)
 
     def act(state, obs, key, step, evaluation=False):
-        noise = act_noise(key, obs.shape[: obs.ndim - len(obs_spec.shape)], evaluation)
+        noise = common.drawn_apart(act_noise(key, obs.shape[: obs.ndim - len(obs_spec.shape)], evaluation))
         return policy(acting_view(state), obs, noise, step, evaluation)
 
     def loss_fn(params, target_params, batch):

@@ -541,11 +541,12 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
         return obs.shape[: obs.ndim - len(obs_shape)]
 
     def act(state, obs, key, step=0, evaluation=False):
-        noise = act_noise(key, batch_shape_of(obs), evaluation)
+        noise = common.drawn_apart(act_noise(key, batch_shape_of(obs), evaluation))
         return policy(acting_view(state), obs, noise, step, evaluation)
 
     def act_with_info(state, obs, key):
-        return policy_with_info(acting_view(state), obs, act_noise(key, batch_shape_of(obs)))
+        noise = common.drawn_apart(act_noise(key, batch_shape_of(obs)))
+        return policy_with_info(acting_view(state), obs, noise)
 
     def normalize_advantage(adv):
         return (adv - adv.mean()) / (adv.std() + 1e-8)

@@ -445,7 +445,7 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         return to_env(action).astype(action_dtype)
 
     def act(state, obs, key, step, evaluation=False):
-        noise = act_noise(key, obs.shape[: obs.ndim - len(obs_shape)], evaluation)
+        noise = common.drawn_apart(act_noise(key, obs.shape[: obs.ndim - len(obs_shape)], evaluation))
         return policy(acting_view(state), obs, noise, step, evaluation)
 
     def critic_loss_fn(critic_params, state: SACState, batch, key):
