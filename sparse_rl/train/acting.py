@@ -13,6 +13,7 @@ Why: with a small network the PRNG draws in a per-step act program cost more tha
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import jax
@@ -48,6 +49,12 @@ class NoiseBlocks:
     def __init__(self, drawer: NoiseDrawer, keys, block: int = BLOCK):
         self.drawer, self.keys, self.block = drawer, keys, int(block)
         self.start, self.noise = None, None
+
+    def warm(self, step: int) -> float:
+        """Draw the block holding `step` now (compiling the drawer); the seconds it took."""
+        started = time.perf_counter()
+        self.at(step)
+        return time.perf_counter() - started
 
     def at(self, step: int):
         if self.drawer.empty:

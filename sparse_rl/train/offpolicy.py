@@ -143,6 +143,10 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     recorders = make_recorders(ctxs, agents, chunks, resume_step)
 
     start_step = resume_step or 0
+    # The first noise draws compile their program: counted as start-up, not as loop time.
+    start.init_seconds += act_noise.warm(start_step)
+    if needs.random_warmup and start_step < needs.learning_starts:
+        start.init_seconds += random_actions.warm(start_step)
     for ctx in ctxs:
         ctx.clock.reset_sps(start_step)
     metrics = None

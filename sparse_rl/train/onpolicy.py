@@ -151,6 +151,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     buf_final_value = np.zeros((S, T, N), np.float32)
 
     step = start_iteration * T * N
+    start.init_seconds += act_noise.warm(start_iteration * T)  # compiles the draws: start-up, not loop time
     for ctx in ctxs:
         ctx.clock.reset_sps(step)
     loop_start = time.perf_counter()
