@@ -42,7 +42,7 @@ def fake_rollout(agent, state, spec, T=8, N=2, seed=0):
     return ppo.Rollout(
         obs=obs, action=jnp.stack(actions), log_prob=jnp.stack(log_probs), value=jnp.stack(values),
         reward=reward, terminated=terminated, truncated=jnp.zeros((T, N), bool),
-        final_value=jnp.zeros((T, N)), last_value=agent.value(state, obs[-1]),
+        final_value=jnp.zeros((T, N)), last_value=agent.value(agent.acting_view(state), obs[-1]),
     )
 
 

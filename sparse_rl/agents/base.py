@@ -58,8 +58,6 @@ class OnPolicyNeeds(NamedTuple):
     action_dtype: Any
     # Reward scaling by the running std of the discounted return (agents.normalize.RewardScaling), or None.
     reward_scaling: Any
-    # state -> the state the per-step functions (act_with_info, value, evaluation act) read.
-    acting_view: Callable[[Any], Any]
 
 
 class Rollout(NamedTuple):
@@ -98,11 +96,20 @@ def example_rollout(needs: OnPolicyNeeds) -> Rollout:
 
 
 class Agent(NamedTuple):
-    """An off-policy agent: jitted pure functions over an agent state (a NamedTuple pytree)."""
+    """An off-policy agent: jitted pure functions over an agent state (a NamedTuple pytree).
+
+    Acting is split in three so that the env loops pay for the network only, once per env step
+    (issue 15: the PRNG draws cost more than a small network): `acting_view(state)` is all that
+    acting reads; `act_noise(key, batch_shape, evaluation)` makes every random draw of one act
+    call and nothing else (so a loop draws the noise of many steps in one call, vmapped over the
+    steps' keys: the same bits); `policy(view, obs, noise, step, evaluation)` is deterministic.
+    `act` is their composition, kept for single calls (the Python API, tests).
+    """
 
     # key -> state (params already masked, optimiser states built by `sparsify`).
     init: Callable[[jax.Array], Any]
-    # (state, obs batch [B, ...], key, env step (int), evaluation: bool static) -> actions [B, ...].
+    # (state, obs batch [B, ...], key, env step (int), evaluation: bool static) -> actions [B, ...];
+    # = policy(acting_view(state), obs, act_noise(key, (B,), evaluation), step, evaluation).
     act: Callable[..., jax.Array]
     # (state, batch, key, topology=True) -> (state, metrics dict of scalars). One call may run
     # several gradient steps (lax.scan) when the agent is configured so. `topology` (static): False
@@ -114,6 +121,15 @@ class Agent(NamedTuple):
     networks: Callable[[Any], dict[str, tuple[Any, Any]]]
     # What the off-policy loop needs (learning starts, sample size, ...).
     loop: OffPolicyNeeds
+    # state -> what acting reads (DQN: the online params; SAC: the actor params); a pure selection
+    # that works on any pytree shaped like the state (the loops apply it to vmap axes too).
+    acting_view: Callable[[Any], Any]
+    # (key, batch_shape: tuple static, evaluation: bool static) -> noise pytree (arrays only,
+    # possibly empty): exactly the draws `act` makes from `key`. Not jitted: the loop jits and
+    # vmaps it over many steps' keys.
+    act_noise: Callable[..., Any]
+    # (view, obs batch, noise, env step, evaluation: bool static) -> actions; uses no PRNG.
+    policy: Callable[..., jax.Array]
     # Optional `sparse_rl.analysis.gradient_flow.AnalysisHook` (dense gradients, forward functions
     # and resolved sparsity configs per network) for the training-time analysis; None: no analysis.
     analysis: Any = None
@@ -124,18 +140,27 @@ class Agent(NamedTuple):
 
 
 class OnPolicyAgent(NamedTuple):
-    """An on-policy agent: `Agent`'s functions (update takes a `Rollout`) plus what rollouts need."""
+    """An on-policy agent: `Agent`'s functions (update takes a `Rollout`) plus what rollouts need.
+
+    Acting is split as in `Agent`; `policy_with_info` and `value` read the acting view too."""
 
     init: Callable
     act: Callable
     update: Callable
     networks: Callable
-    # (state, obs [B, ...], key) -> (action, log_prob [B], value [B]); raw (unclipped) actions.
+    # (state, obs [B, ...], key) -> (action, log_prob [B], value [B]); raw (unclipped) actions;
+    # = policy_with_info(acting_view(state), obs, act_noise(key, (B,), False)).
     act_with_info: Callable
-    # (state, obs [B, ...]) -> value [B].
+    # (acting view, obs [B, ...]) -> value [B].
     value: Callable
     # What the on-policy loop needs (rollout shape, iterations, action bounds, reward scaling, ...).
     loop: OnPolicyNeeds
+    # As `Agent`: state -> what acting reads (PPO: actor and value params, observation statistics).
+    acting_view: Callable
+    act_noise: Callable
+    policy: Callable
+    # (view, obs [B, ...], noise) -> (action, log_prob [B], value [B]); uses no PRNG.
+    policy_with_info: Callable
     # (state, rollout) -> loss terms over the whole rollout at the current params (diagnostics).
     loss: Callable | None = None
     # Numbers for diagnostics and tests (total gradient steps, resolved sparsity, weight decays).

@@ -80,3 +80,12 @@ def adam_with_l2(learning_rate, weight_decay: float, eps: float = 1e-8, max_grad
         parts.append(optax.clip_by_global_norm(max_grad_norm))
     parts.append(optax.adam(learning_rate, eps=eps))
     return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+def drawn_apart(noise):
+    """`noise` (an `act_noise` result) fenced off from the policy that reads it, so that `act`
+    computes exactly what the env loops compute, which draw the noise in a program of its own
+    (`sparse_rl.train.acting`): in one program XLA may reassociate the draw's last scaling with the
+    policy's arithmetic (PPO's Box policy: jax.random.normal's sqrt(2) folded into the broadcast
+    std, a 1-ulp difference)."""
+    return jax.lax.optimization_barrier(noise)

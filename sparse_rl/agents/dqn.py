@@ -267,14 +267,25 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         scheduled = config.epsilon_start + progress * (config.epsilon_end - config.epsilon_start)
         return jnp.where(step < config.learning_starts, 1.0, scheduled)
 
-    def act(state, obs, key, step, evaluation=False):
-        q = network.apply(state.params, obs)
-        greedy = jnp.argmax(q, axis=-1)
-        eps = config.eval_epsilon if evaluation else epsilon(step)
+    def acting_view(state):
+        return state.params
+
+    def act_noise(key, batch_shape, evaluation=False):
+        """The epsilon-greedy draws: (uniform [0, 1) per observation, random action per observation)."""
+        del evaluation  # the same draws; only the epsilon they are compared with differs
         explore_key, action_key = jax.random.split(key)
-        explore = jax.random.uniform(explore_key, greedy.shape) < eps
-        random_actions = jax.random.randint(action_key, greedy.shape, 0, num_actions)
-        return jnp.where(explore, random_actions, greedy)
+        return (jax.random.uniform(explore_key, batch_shape),
+                jax.random.randint(action_key, batch_shape, 0, num_actions))
+
+    def policy(params, obs, noise, step, evaluation=False):
+        greedy = jnp.argmax(network.apply(params, obs), axis=-1)
+        eps = config.eval_epsilon if evaluation else epsilon(step)
+        explore_draw, random_actions = noise
+        return jnp.where(explore_draw < eps, random_actions, greedy)
+
+    def act(state, obs, key, step, evaluation=False):
+        noise = common.drawn_apart(act_noise(key, obs.shape[: obs.ndim - len(obs_spec.shape)], evaluation))
+        return policy(acting_view(state), obs, noise, step, evaluation)
 
     def loss_fn(params, target_params, batch):
         q = network.apply(params, batch.obs)
@@ -326,6 +337,9 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         act=jax.jit(act, static_argnames="evaluation"),
         update=jax.jit(update, donate_argnums=0, static_argnames="topology"),
         networks=networks,
+        acting_view=acting_view,
+        act_noise=act_noise,
+        policy=jax.jit(policy, static_argnames="evaluation"),
         loop=OffPolicyNeeds(
             learning_starts=config.learning_starts, random_warmup=False, train_every=config.train_every,
             batch_size=config.batch_size, sample_size=config.batch_size, gradient_steps=1,

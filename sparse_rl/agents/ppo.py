@@ -296,13 +296,17 @@ class PPOState(NamedTuple):
     iterations: jax.Array  # update calls so far (int32)
 
 
-def acting_view(state: PPOState) -> PPOState:
-    """The state without its optimiser states: all that `act`, `act_with_info` and `value` read.
+class PPOActing(NamedTuple):
+    """What acting reads (`acting_view`): the env loop passes this to the per-step functions so
+    that each call flattens and transfers a few arrays, not the optimiser states (masks, Adam)."""
 
-    The env loop passes this to the per-step functions so that each call flattens and transfers a
-    few arrays instead of the whole optimiser state (masks, Adam moments).
-    """
-    return state._replace(actor_opt_state=None, value_opt_state=None)
+    actor_params: Any
+    value_params: Any  # for `policy_with_info` and `value`
+    obs_norm: running.RunningMeanStd
+
+
+def acting_view(state: PPOState) -> PPOActing:
+    return PPOActing(state.actor_params, state.value_params, state.obs_norm)
 
 
 def num_iterations(config: Config, total_steps: int) -> int:
@@ -486,8 +490,8 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
             return obs
         return running.normalize(obs_norm, obs.astype(jnp.float32), config.observation_clip)
 
-    def policy(state, obs):
-        return actor_net.apply(state.actor_params, preprocess(state.obs_norm, obs))
+    def distribution(view, obs):
+        return actor_net.apply(view.actor_params, preprocess(view.obs_norm, obs))
 
     def log_prob_entropy(out, action):
         if discrete:
@@ -498,31 +502,51 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
         mean, log_std = out
         return _gaussian_log_prob(mean, log_std, action), _gaussian_entropy(log_std)
 
-    def sample(out, key):
+    def act_noise(key, batch_shape, evaluation=False):
+        """The sampling draws: Gumbel noise per logit (jax.random.categorical is the argmax of
+        logits + gumbel(key, logits.shape)), or standard normal per action dimension; none for a
+        deterministic evaluation."""
+        if evaluation and config.deterministic_evaluation:
+            return ()
         if discrete:
-            return jax.random.categorical(key, out[0]).astype(jnp.int32)
-        mean, log_std = out
-        return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)
+            return jax.random.gumbel(key, (*batch_shape, num_actions), jnp.float32)
+        return jax.random.normal(key, (*batch_shape, num_actions), jnp.float32)
 
-    def act(state, obs, key, step=0, evaluation=False):
+    def sample(out, noise):
+        if discrete:
+            return jnp.argmax(noise + out[0], axis=-1).astype(jnp.int32)
+        mean, log_std = out
+        return mean + jnp.exp(log_std) * noise
+
+    def policy(view, obs, noise, step=0, evaluation=False):
         del step
-        out = policy(state, obs)
+        out = distribution(view, obs)
         if evaluation and config.deterministic_evaluation:
             if discrete:
                 return jnp.argmax(out[0], axis=-1).astype(jnp.int32)
             return jnp.clip(out[0], low, high)
-        action = sample(out, key)
+        action = sample(out, noise)
         return action if (discrete or not evaluation) else jnp.clip(action, low, high)
 
-    def act_with_info(state, obs, key):
-        out = policy(state, obs)
-        action = sample(out, key)
+    def policy_with_info(view, obs, noise):
+        out = distribution(view, obs)
+        action = sample(out, noise)
         log_prob, _ = log_prob_entropy(out, action)
-        value = value_net.apply(state.value_params, preprocess(state.obs_norm, obs))
-        return action, log_prob, value
+        return action, log_prob, value(view, obs)
 
-    def value(state, obs):
-        return value_net.apply(state.value_params, preprocess(state.obs_norm, obs))
+    def value(view, obs):
+        return value_net.apply(view.value_params, preprocess(view.obs_norm, obs))
+
+    def batch_shape_of(obs):
+        return obs.shape[: obs.ndim - len(obs_shape)]
+
+    def act(state, obs, key, step=0, evaluation=False):
+        noise = common.drawn_apart(act_noise(key, batch_shape_of(obs), evaluation))
+        return policy(acting_view(state), obs, noise, step, evaluation)
+
+    def act_with_info(state, obs, key):
+        noise = common.drawn_apart(act_noise(key, batch_shape_of(obs)))
+        return policy_with_info(acting_view(state), obs, noise)
 
     def normalize_advantage(adv):
         return (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -686,7 +710,7 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
         num_envs=config.num_envs, rollout_length=config.rollout_length, iterations=iterations,
         gradient_steps=config.epochs * num_minibatches, discrete=discrete, action_low=low, action_high=high,
         obs_shape=obs_shape, obs_dtype=np.uint8 if image else np.float32, action_shape=action_shape,
-        action_dtype=action_dtype, reward_scaling=reward_scaling, acting_view=acting_view)
+        action_dtype=action_dtype, reward_scaling=reward_scaling)
     return OnPolicyAgent(
         init=jax.jit(init),
         act=jax.jit(act, static_argnames="evaluation"),
@@ -694,6 +718,10 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
         networks=networks,
         act_with_info=jax.jit(act_with_info),
         value=jax.jit(value),
+        acting_view=acting_view,
+        act_noise=act_noise,
+        policy=jax.jit(policy, static_argnames="evaluation"),
+        policy_with_info=jax.jit(policy_with_info),
         loop=needs,
         loss=jax.jit(loss),
         info=info,

@@ -299,7 +299,11 @@ def critic_network(config: Config, obs_shape) -> hk.Transformed:
 
 def sample_tanh_gaussian(key, mean, log_std):
     """Reparameterised tanh-Gaussian sample in [-1, 1]^A and its log-probability (tanh-corrected)."""
-    noise = jax.random.normal(key, mean.shape, mean.dtype)
+    return tanh_gaussian(jax.random.normal(key, mean.shape, mean.dtype), mean, log_std)
+
+
+def tanh_gaussian(noise, mean, log_std):
+    """The tanh-Gaussian sample of standard normal `noise` and its log-probability (tanh-corrected)."""
     pre_tanh = mean + jnp.exp(log_std) * noise
     log_prob = jnp.sum(-0.5 * jnp.square(noise) - log_std - 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
     # log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), numerically stable.
@@ -422,14 +426,27 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
             gradient_steps=jnp.zeros((), jnp.int32),
         )
 
-    def act(state, obs, key, step, evaluation=False):
+    def acting_view(state):
+        return state.actor_params
+
+    def act_noise(key, batch_shape, evaluation=False):
+        """The tanh-Gaussian's standard normal draws; none in evaluation (the mean's tanh)."""
+        if evaluation:
+            return ()
+        return jax.random.normal(key, (*batch_shape, action_dim), jnp.float32)
+
+    def policy(actor_params, obs, noise, step, evaluation=False):
         del step  # SAC explores through its stochastic policy only.
-        mean, log_std = actor.apply(state.actor_params, obs)
+        mean, log_std = actor.apply(actor_params, obs)
         if evaluation:
             action = jnp.tanh(mean)
         else:
-            action, _ = sample_tanh_gaussian(key, mean, log_std)
+            action, _ = tanh_gaussian(noise, mean, log_std)
         return to_env(action).astype(action_dtype)
+
+    def act(state, obs, key, step, evaluation=False):
+        noise = common.drawn_apart(act_noise(key, obs.shape[: obs.ndim - len(obs_shape)], evaluation))
+        return policy(acting_view(state), obs, noise, step, evaluation)
 
     def critic_loss_fn(critic_params, state: SACState, batch, key):
         """MSE_1 + MSE_2 to the soft Bellman target (tf-agents SacAgent.critic_loss with
@@ -555,6 +572,9 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         act=jax.jit(act, static_argnames="evaluation"),
         update=jax.jit(update, donate_argnums=0, static_argnames="topology"),
         networks=networks,
+        acting_view=acting_view,
+        act_noise=act_noise,
+        policy=jax.jit(policy, static_argnames="evaluation"),
         loop=OffPolicyNeeds(
             learning_starts=learning_starts, random_warmup=True, train_every=config.train_every,
             batch_size=config.batch_size, sample_size=sample_size(config), gradient_steps=config.gradient_steps,

@@ -178,24 +178,36 @@ class StateChunks:
         """`call(per_run, shared=())`: `fn(state, *per_run_i, *shared)` for every run i, one
         dispatch; `per_run` is a tuple of arrays (pytrees) with a leading run axis, and so are
         the outputs. With a `name`, the first call's compilation counts as compile time. `view`
-        (a state -> state function, e.g. `ppo.acting_view`) trims what each call passes."""
+        (a state -> pytree function, the agent's `acting_view`) trims what each call passes.
+
+        The call is made once per env step, so its host-side path is kept short: the group of
+        one passes its one state's view straight to the single-run program."""
         view = view or (lambda state: state)
         axes = view(self.axes)
 
-        def all_runs(states, per_run, shared):
-            if self.single:
-                return _add_run_axis(fn(states[0], *_first(per_run), *shared))
-            outs = [jax.vmap(lambda s, a: fn(s, *a, *shared), in_axes=(axes, 0))(state, self._rows(c, per_run))
-                    for c, state in enumerate(states)]
-            return outs[0] if len(outs) == 1 else jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
+        if self.single:
+            def one_run(state, per_run, shared):
+                return _add_run_axis(fn(state, *_first(per_run), *shared))
 
-        jitted = jax.jit(all_runs)
+            jitted = jax.jit(one_run)
+
+            def views():
+                return view(self.states[0])
+        else:
+            def all_runs(states, per_run, shared):
+                outs = [jax.vmap(lambda s, a: fn(s, *a, *shared), in_axes=(axes, 0))(state, self._rows(c, per_run))
+                        for c, state in enumerate(states)]
+                return outs[0] if len(outs) == 1 else jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
+
+            jitted = jax.jit(all_runs)
+
+            def views():
+                return [view(s) for s in self.states]
 
         def call(per_run, shared=()):
-            def run():
-                return jitted([view(s) for s in self.states], tuple(per_run), tuple(shared))
-
-            return run() if name is None else self._timed_first(name, run)
+            if name is None or name in self._compiled:
+                return jitted(views(), per_run, shared)
+            return self._timed_first(name, lambda: jitted(views(), per_run, shared))
 
         return call
 

@@ -20,10 +20,14 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.errors import ConfigError, GroupResumeMismatch
 from sparse_rl.sparsity import mask_update_due
+from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer
 from sparse_rl.train.chunks import StateChunks, check_one_program, init_states
 from sparse_rl.train.context import RunConfig, RunContext
 from sparse_rl.train.recorder import make_recorder
 from sparse_rl.train.serialize import config_diff
+
+# Episode steps of evaluation noise drawn at a time (episodes are often shorter than a training block).
+EVAL_BLOCK = 256
 
 # Run fields that may differ between the runs of one group.
 RUN_VARYING = ("seed", "out", "resume", "progress")
@@ -135,12 +139,13 @@ def update_calendar(agents: Sequence):
     return np.unique(np.concatenate([np.asarray(c, np.int64) for c in calendars]))
 
 
-def evaluate(ctxs: Sequence[RunContext], eval_act_all, eval_keys, done: int) -> None:
+def evaluate(ctxs: Sequence[RunContext], eval_act_all, eval_noise: NoiseDrawer, eval_keys, done: int) -> None:
     """Every run's evaluation, appended to its `eval_history`: `eval_episodes` episodes of the
     agent's evaluation mode in a fresh vector env seeded by the run's seed and the evaluation index
     (so it depends only on those and the agent state: a resumed run evaluates exactly as an
-    uninterrupted one), key folded with the env step and the episode step; one batched act call
-    per env step for all runs (`eval_act_all((obs, keys), (t,))`)."""
+    uninterrupted one), noise from the key folded with the env step and the episode step
+    (`eval_noise`, drawn in blocks); one batched act call per env step for all runs
+    (`eval_act_all((obs, noise))`)."""
     started = time.perf_counter()
     S = len(ctxs)
     index = len(ctxs[0].eval_history)
@@ -152,10 +157,10 @@ def evaluate(ctxs: Sequence[RunContext], eval_act_all, eval_keys, done: int) -> 
         obs = np.stack([v.reset() for v in venvs])
         returns = np.zeros((S, n))
         finished = np.zeros((S, n), bool)
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, done))(eval_keys)
+        noise = NoiseBlocks(eval_noise, jax.vmap(lambda k: jax.random.fold_in(k, done))(eval_keys), EVAL_BLOCK)
         t = 0
         while not finished.all():
-            actions = np.asarray(eval_act_all((obs, keys), (t,)))
+            actions = np.asarray(eval_act_all((obs, noise.at(t))))
             for i, env in enumerate(venvs):
                 if finished[i].all():
                     continue

@@ -16,6 +16,7 @@ import numpy as np
 
 from sparse_rl import envs
 from sparse_rl.replay import ReplayBuffer, Transition
+from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer
 from sparse_rl.train.context import RunContext, join_state, split_state
 from sparse_rl.train.group import (ScheduledUpdate, Start, evaluate, finish, log_rows, make_recorders,
                                    record_around, stack_runs, update_calendar)
@@ -103,25 +104,26 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     chunks = start.chunks
     _, act_keys, update_keys, eval_keys, warmup_keys = start.keys
 
+    # Per env step one dispatch of the deterministic policy over what acting reads; the noise of
+    # its random draws comes from blocks drawn ahead (`train.acting`).
     act_all = chunks.program(
-        lambda state, obs, key, step: agent.act(state, obs[None], jax.random.fold_in(key, step), step,
-                                                evaluation=False)[0], "act")
+        lambda view, obs, noise, step: agent.policy(view, obs[None], noise, step, evaluation=False)[0], "act",
+        view=agent.acting_view)
+    act_noise = NoiseBlocks(NoiseDrawer(lambda key: agent.act_noise(key, (1,), False)), act_keys)
     eval_act_all = chunks.program(
-        lambda state, obs, key, t: agent.act(state, obs, jax.random.fold_in(key, t), 0, evaluation=True))
+        lambda view, obs, noise: agent.policy(view, obs, noise, 0, evaluation=True), view=agent.acting_view)
+    eval_noise = NoiseDrawer(lambda key: agent.act_noise(key, (run0.eval_episodes,), True))
     # Two programs for prune/SET/RigL: calls in which no mask update is due run one without the
     # mask-update branch (`topology=False`), which is what most calls are.
     update_all = ScheduledUpdate(chunks.updater(
         lambda state, batch, key, step, topology: agent.update(state, batch, jax.random.fold_in(key, step),
                                                                 topology=topology)),
         update_calendar(agents), per_call=needs.gradient_steps, grad_steps=start.gradient_steps)
-    if needs.random_warmup:
+    if needs.random_warmup:  # uniform actions in the bounds, drawn ahead as the noise is
         low = jnp.asarray(action_spec.minimum, jnp.float32)
         high = jnp.asarray(action_spec.maximum, jnp.float32)
-
-        def random_action(key, step):
-            return jax.random.uniform(jax.random.fold_in(key, step), action_spec.shape, jnp.float32, low, high)
-
-        random_all = jax.jit(jax.vmap(random_action, in_axes=(0, None)))
+        random_actions = NoiseBlocks(NoiseDrawer(
+            lambda key: jax.random.uniform(key, action_spec.shape, jnp.float32, low, high)), warmup_keys)
 
     # Metric columns: the agent's update metrics (read from its output shapes, no compile) and
     # the per-network sparsities.
@@ -141,6 +143,10 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     recorders = make_recorders(ctxs, agents, chunks, resume_step)
 
     start_step = resume_step or 0
+    # The first noise draws compile their program: counted as start-up, not as loop time.
+    start.init_seconds += act_noise.warm(start_step)
+    if needs.random_warmup and start_step < needs.learning_starts:
+        start.init_seconds += random_actions.warm(start_step)
     for ctx in ctxs:
         ctx.clock.reset_sps(start_step)
     metrics = None
@@ -150,9 +156,9 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
         for step in range(start_step, run0.steps):
             obs = stack_runs([r.obs for r in runs])
             if needs.random_warmup and step < needs.learning_starts:
-                actions = np.asarray(random_all(warmup_keys, step))
+                actions = random_actions.at(step)
             else:
-                actions = np.asarray(act_all((obs, act_keys), (step,)))
+                actions = np.asarray(act_all((obs, act_noise.at(step)), (step,)))
             for loop_state, action in zip(runs, actions):
                 loop_state.step(action)
 
@@ -166,7 +172,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
             done = step + 1
             evaluated = done % run0.eval_every == 0 or done == run0.steps
             if evaluated:
-                evaluate(ctxs, eval_act_all, eval_keys, done)
+                evaluate(ctxs, eval_act_all, eval_noise, eval_keys, done)
             logged = evaluated or done % run0.log_every == 0
             saved = run0.checkpoint_every and (done % run0.checkpoint_every == 0 or done == run0.steps)
             if logged or saved:

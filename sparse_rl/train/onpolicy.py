@@ -37,9 +37,24 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.agents import normalize as running
 from sparse_rl.agents.base import Rollout, example_rollout
+from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer
 from sparse_rl.train.context import RunContext, join_state, split_state
 from sparse_rl.train.group import (ScheduledUpdate, Start, crossed, evaluate, finish, log_rows, make_recorders,
                                    record_around, update_calendar)
+
+
+def pack_step(action, log_prob, value):
+    """act_with_info's outputs as one float32 array [..., action size + 2], so that a step makes one
+    device-to-host transfer (integer actions are exact in float32 below 2**24)."""
+    flat = action.reshape(*log_prob.shape, -1).astype(jnp.float32)
+    return jnp.concatenate([flat, log_prob[..., None], value[..., None]], axis=-1)
+
+
+def unpack_step(packed: np.ndarray, needs):
+    """`pack_step`'s (action, log_prob, value), on the host."""
+    batch = packed.shape[:-1]
+    action = packed[..., :-2].reshape(*batch, *needs.action_shape).astype(needs.action_dtype)
+    return action, packed[..., -2], packed[..., -1]
 
 
 class RunLoopState:
@@ -110,13 +125,14 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     recorders = make_recorders(ctxs, agents, chunks, resume_step)
     analysis_batch = agent.analysis_batch
 
-    # One dispatch per env step for all runs: keys are folded in inside the jitted call, and the
-    # state is passed without what acting never reads (the agent's `acting_view`).
-    view = needs.acting_view
-    act_all = chunks.program(lambda s, o, k, i: agent.act_with_info(s, o, jax.random.fold_in(k, i)), "act", view=view)
-    value_all = chunks.program(lambda s, o: agent.value(s, o), view=view)
-    eval_act_all = chunks.program(
-        lambda s, o, k, t: agent.act(s, o, jax.random.fold_in(k, t), 0, evaluation=True), view=view)
+    # One dispatch per env step for all runs, over what acting reads (the agent's `acting_view`),
+    # with noise drawn a rollout ahead (`train.acting`), returning one array (`pack_step`).
+    view = agent.acting_view
+    act_all = chunks.program(lambda v, o, noise: pack_step(*agent.policy_with_info(v, o, noise)), "act", view=view)
+    act_noise = NoiseBlocks(NoiseDrawer(lambda key: agent.act_noise(key, (N,), False)), act_keys, T)
+    value_all = chunks.program(agent.value, view=view)
+    eval_act_all = chunks.program(lambda v, o, noise: agent.policy(v, o, noise, 0, evaluation=True), view=view)
+    eval_noise = NoiseDrawer(lambda key: agent.act_noise(key, (run0.eval_episodes,), True))
     # Updates with no mask update among their minibatch steps run a program without the
     # mask-update branch.
     update_all = ScheduledUpdate(chunks.updater(lambda s, rollout, k, iteration, topology: agent.update(
@@ -135,6 +151,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     buf_final_value = np.zeros((S, T, N), np.float32)
 
     step = start_iteration * T * N
+    start.init_seconds += act_noise.warm(start_iteration * T)  # compiles the draws: start-up, not loop time
     for ctx in ctxs:
         ctx.clock.reset_sps(step)
     loop_start = time.perf_counter()
@@ -143,8 +160,8 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     try:
         for iteration in range(start_iteration, needs.iterations):
             for t in range(T):
-                index = np.int32(iteration * T + t)
-                action, log_prob, value = jax.device_get(act_all((obs, act_keys), (index,)))
+                index = iteration * T + t
+                action, log_prob, value = unpack_step(np.asarray(act_all((obs, act_noise.at(index)))), needs)
                 next_obs = np.empty_like(obs)
                 finals = {}  # run -> its envs' true final observations, where some env truncated
                 for i, loop_state in enumerate(runs):
@@ -191,7 +208,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
             last = iteration == needs.iterations - 1
             evaluated = crossed(before, step, run0.eval_every) or last
             if evaluated:
-                evaluate(ctxs, eval_act_all, eval_keys, step)
+                evaluate(ctxs, eval_act_all, eval_noise, eval_keys, step)
             logged = evaluated or crossed(before, step, run0.log_every)
             saved = run0.checkpoint_every and (crossed(before, step, run0.checkpoint_every) or last)
             if logged or saved:
