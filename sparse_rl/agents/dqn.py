@@ -11,7 +11,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import optax
-import rlax
+from sparse_rl.agents.rlax_import import rlax
 
 from sparse_rl import nets
 from sparse_rl.agents import common

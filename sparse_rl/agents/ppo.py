@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import rlax
+from sparse_rl.agents.rlax_import import rlax
 
 from sparse_rl import nets
 from sparse_rl.agents import common
