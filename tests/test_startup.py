@@ -1,10 +1,15 @@
 """Start-up: what the training path imports (issue 15)."""
 
+import json
+import os
 import subprocess
 import sys
 
+import pytest
+
 
 from sparse_rl.agents.rlax_import import DeferredModule
+from sparse_rl.train.startup import process_seconds, report
 
 
 def imported_after(code: str) -> set[str]:
@@ -45,3 +50,43 @@ def test_deferred_module_forwards_to_the_real_module():
     finally:
         if saved is not None:
             sys.modules["colorsys"] = saved
+
+
+# --- time to the first environment step (sparse_rl.train.startup) ---------------------------------
+
+def test_process_seconds_reads_the_start_time_after_the_command_name():
+    # /proc/self/stat with a command name holding spaces and a ')': starttime is field 22
+    fields = ["S"] + ["0"] * 18 + ["500"] + ["0"] * 10
+    text = "123 (a b) c) " + " ".join(fields)
+    tick = os.sysconf("SC_CLK_TCK")
+    assert process_seconds(text, now=500 / tick + 2.5) == pytest.approx(2.5)
+    assert process_seconds("garbage", now=1.0) is None
+    assert process_seconds(text, now=0.0) is None  # a start after now: unreadable, not negative
+    here = process_seconds()
+    assert here is None or here > 0
+
+
+def test_report_splits_process_start_to_first_step_into_parts():
+    marks = {"context": 11.0, "init_start": 11.5, "init_done": 13.0, "first_step": 14.0}
+    entry = report(marks, compile_seconds=1.25, since_start=10.0, now=20.0)  # the process began at 10
+    assert entry == {"seconds": 4.0, "before_run_seconds": 1.0, "setup_seconds": 0.5, "init_seconds": 1.5,
+                     "to_first_step_seconds": 1.0, "compile_seconds": 1.25}
+    unknown = report(marks, compile_seconds=0.0, since_start=None, now=20.0)
+    assert unknown["seconds"] is None and unknown["before_run_seconds"] is None
+    assert unknown["init_seconds"] == 1.5
+
+
+def test_a_run_records_its_startup_in_summary_json(tmp_path):
+    import sparse_rl
+
+    run = sparse_rl.train("dqn", "CartPole-v1", steps=120, out=str(tmp_path / "r"), eval_every=120,
+                          checkpoint_every=0, widths=(16, 16), learning_starts=100, batch_size=16,
+                          eval_episodes=1, progress=False)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    entry = summary["startup"]
+    parts = [entry[k] for k in ("before_run_seconds", "setup_seconds", "init_seconds", "to_first_step_seconds")]
+    assert all(p >= 0 for p in parts)
+    if entry["seconds"] is not None:  # Linux
+        assert entry["seconds"] == pytest.approx(sum(parts))
+    assert entry["compile_seconds"] > 0
+    assert run is not None

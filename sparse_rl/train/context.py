@@ -4,6 +4,7 @@ same run directory.
 """
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -146,6 +147,8 @@ class RunContext:
         self.eval_history: list[tuple[int, float, float]] = []
         self.compile_seconds = 0.0
         self.eval_seconds = 0.0
+        self.created_at = time.perf_counter()  # a start-up mark (sparse_rl.train.startup)
+        self.startup: dict = {}  # summary.json's `startup`, set by the loop at its first env step
 
     def open_metrics(self, extra_columns, resume_step: int | None):
         return self.metrics_log.open(extra_columns, resume_step)

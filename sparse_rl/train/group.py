@@ -20,6 +20,7 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.errors import ConfigError, GroupResumeMismatch
 from sparse_rl.sparsity import mask_update_due
+from sparse_rl.train import startup
 from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer
 from sparse_rl.train.chunks import StateChunks, check_one_program, init_states
 from sparse_rl.train.context import RunConfig, RunContext
@@ -77,15 +78,18 @@ class Start:
 
     def __init__(self, ctxs: Sequence[RunContext], agents: Sequence, n_keys: int, example_batch, *,
                  chunk: int | None = None, threads: int | None = None):
+        self.ctxs = ctxs
+        started = time.perf_counter()
+        self.marks = {"context": ctxs[0].created_at, "init_start": started}
         split = np.stack([jax.random.split(jax.random.PRNGKey(ctx.run.seed), n_keys) for ctx in ctxs])
         self.keys = tuple(split[:, k] for k in range(n_keys))
-        started = time.perf_counter()
         if len(ctxs) == 1:
             state = agents[0].init(self.keys[0][0])
         else:
             state = init_states(agents, self.keys[0])
         jax.block_until_ready(state)
-        self.init_seconds = time.perf_counter() - started
+        self.marks["init_done"] = time.perf_counter()
+        self.init_seconds = self.marks["init_done"] - started
         example = state if len(ctxs) == 1 else jax.tree_util.tree_map(lambda x: x[0], state)
         check_one_program(agents, lambda a: a.update, example, example_batch, self.keys[2][0])
         self.restored = None
@@ -105,6 +109,17 @@ class Start:
             self.chunks = StateChunks.for_one(state)
         else:
             self.chunks = StateChunks.for_runs(state, threads=threads, chunk=chunk)
+
+    def first_step(self) -> None:
+        """Call after the group's first env step: records every run's `startup` (once)."""
+        if "first_step" in self.marks:
+            return
+        now = time.perf_counter()
+        self.marks["first_step"] = now
+        entry = startup.report(self.marks, self.init_seconds + self.chunks.compile_seconds,
+                               startup.process_seconds(), now)
+        for ctx in self.ctxs:
+            ctx.startup = dict(entry)
 
     def counters(self, i: int) -> dict:
         return self.restored[i][1]
@@ -248,6 +263,8 @@ def finish(ctxs: Sequence[RunContext], chunks: StateChunks, recorders, extras, l
                 "threads": chunks.threads}
         if summary_extra is not None:
             extra.update(summary_extra(i, state_i))
+        if ctx.startup:
+            extra["startup"] = ctx.startup
         extra.update(extras[i] or {})
         summaries.append(ctx.write_summary(state_i, mean_sps, extra))
     return summaries

@@ -161,6 +161,8 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
                 actions = np.asarray(act_all((obs, act_noise.at(step)), (step,)))
             for loop_state, action in zip(runs, actions):
                 loop_state.step(action)
+            if step == start_step:
+                start.first_step()
 
             if (step >= needs.learning_starts and (step - needs.learning_starts) % needs.train_every == 0
                     and len(runs[0].replay) >= needs.batch_size):

@@ -177,6 +177,8 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
                             needs.reward_scaling, loop_state.reward_stats, loop_state.discounted, reward,
                             terminated | truncated)
                     buf_reward[i, t] = reward
+                if t == 0 and iteration == start_iteration:
+                    start.first_step()
                 if finals:  # one call for all runs; the values of runs without truncations are unused
                     final_obs = next_obs.copy()
                     for i, o in finals.items():
