@@ -4,7 +4,7 @@
 
 One fresh process per configuration (no compilation cache) reports its resident memory (current
 and peak, MiB) after: importing JAX and starting its CPU client; importing our dependencies
-(haiku, optax, rlax/distrax); making the MuJoCo environment and the agent; compiling and running
+(haiku, optax, rlax with distrax deferred as the agents import it); making the MuJoCo environment and the agent; compiling and running
 `init`; compiling and running one `update` with its mask-update branch (`topology=True`) and one
 without. The peak before any of our programs is compiled is a floor no change to our code can
 lower; compiling the update adds XLA's transient working memory on top. With `--sbx-python`, the
@@ -50,7 +50,7 @@ def ours(agent_name: str, method: str) -> dict:
 
     import haiku  # noqa: F401
     import optax  # noqa: F401
-    import rlax  # noqa: F401
+    from sparse_rl.agents.rlax_import import rlax  # noqa: F401  (as the agents import it: distrax deferred)
 
     stages.mark("haiku, optax, rlax")
     from sparse_rl import envs

@@ -90,3 +90,18 @@ def test_a_run_records_its_startup_in_summary_json(tmp_path):
         assert entry["seconds"] == pytest.approx(sum(parts))
     assert entry["compile_seconds"] > 0
     assert run is not None
+
+
+def test_a_deferred_module_that_cannot_be_imported_fails_where_it_is_used():
+    import sys
+
+    stand_in = DeferredModule("sparse_rl_no_such_module")
+    sys.modules["sparse_rl_no_such_module"] = stand_in
+    try:
+        with pytest.raises(ModuleNotFoundError):
+            stand_in.anything
+        assert sys.modules["sparse_rl_no_such_module"] is stand_in  # and again on the next use
+        with pytest.raises(ModuleNotFoundError):
+            stand_in.anything
+    finally:
+        sys.modules.pop("sparse_rl_no_such_module", None)
