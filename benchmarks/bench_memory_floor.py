@@ -2,13 +2,14 @@
 
     python benchmarks/bench_memory_floor.py [--agent sac|ppo] [--sbx-python PATH]
 
-One fresh process per configuration (no compilation cache) reports its resident memory (current
-and peak, MiB) after: importing JAX and starting its CPU client; importing our dependencies
-(haiku, optax, rlax with distrax deferred as the agents import it); making the MuJoCo environment and the agent; compiling and running
-`init`; compiling and running one `update` with its mask-update branch (`topology=True`) and one
-without. The peak before any of our programs is compiled is a floor no change to our code can
-lower; compiling the update adds XLA's transient working memory on top. With `--sbx-python`, the
-same for sbx: after importing it (it imports torch) and after building its model.
+One fresh process per configuration (no compilation cache) reports its resident memory (current and
+peak, MiB) after: importing JAX and starting its CPU client; importing our dependencies (haiku,
+optax, rlax with distrax deferred, as the agents import it); making the MuJoCo environment and the
+agent; compiling and running `init`; compiling and running one `update` with its mask-update branch
+(`topology=True`) and one without. The peak before any of our programs is compiled is a floor no
+change to our code can lower; compiling the update adds XLA's transient working memory on top. With
+`--sbx-python`, the same for sbx: after importing it (it imports torch) and after building its
+model.
 Results: benchmarks/results/memory_floor_<agent>.json.
 """
 
