@@ -172,6 +172,7 @@ class RunContext:
     def save_checkpoint(self, step: int, tree, extra_arrays: dict, counters: dict, state=None):
         masks = None if state is None else self.network_sparsity(state)
         self.check_finite(step, state, whole_state=tree)  # issue 7: never checkpoint NaN/Inf
+        self.metrics_log.sync()  # the checkpoint records metrics.csv: its rows must be on disk first
         self.checkpoints.save(step, tree, extra_arrays, counters, wall_time=self.clock.wall_time(),
                               eval_history=self.eval_history, masks=masks)
 
@@ -186,6 +187,7 @@ class RunContext:
         return result
 
     def write_summary(self, state, sps: float, extra: dict | None = None) -> dict:
+        self.metrics_log.sync()
         return write_summary(self.rundir, self.run, self.spec.main_sparsity(self.agent_config),
                              self.agent.networks(state), self.eval_history, sps, self.compile_seconds,
                              self.clock.wall_time(), extra)

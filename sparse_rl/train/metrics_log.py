@@ -24,7 +24,11 @@ class MetricsLog:
     def open(self, extra_columns, resume_step: int | None) -> list[str]:
         """Open the log with the base columns then `extra_columns`; on resume drop rows after `resume_step`."""
         columns = list(BASE_COLUMNS) + [c for c in extra_columns if c not in BASE_COLUMNS]
-        self.metrics = MetricsWriter(self.rundir.metrics_path, columns)
+        # Each row is flushed to the OS at once (a killed process loses none) but fsynced only when
+        # a checkpoint records the file or the run ends (`sync`): an fsync per row was ~16 ms on
+        # this machine's disk, 3% of a 30k-step DQN CartPole run (issue 15). After a machine crash
+        # rows newer than the last checkpoint may be lost, which a resume cuts and rewrites anyway.
+        self.metrics = MetricsWriter(self.rundir.metrics_path, columns, fsync=False)
         self.metrics.truncate_after(-1 if resume_step is None else resume_step)
         if self.tensorboard_enabled:
             self.tensorboard = TensorBoardWriter(self.rundir.tensorboard_dir, truncate_after=resume_step)
@@ -39,7 +43,16 @@ class MetricsLog:
         kill_point("log", int(row["step"]))  # test hook (faults.py)
         return row
 
+    def sync(self) -> None:
+        """fsync the rows written so far (before a checkpoint records them, and at the end)."""
+        if self.metrics is not None:
+            self.metrics.flush(sync=True)
+
     def close(self) -> None:
+        try:  # a finished run synced at its summary; this is for a run stopped by an error
+            self.sync()
+        except OSError:  # (a full disk): the error that stopped the run is the one to report
+            pass
         if self.tensorboard is not None:
             self.tensorboard.close()
 
