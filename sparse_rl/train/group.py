@@ -79,10 +79,10 @@ class Start:
     def __init__(self, ctxs: Sequence[RunContext], agents: Sequence, n_keys: int, example_batch, *,
                  chunk: int | None = None, threads: int | None = None):
         self.ctxs = ctxs
-        started = time.perf_counter()
-        self.marks = {"context": ctxs[0].created_at, "init_start": started}
+        self.marks = {"context": ctxs[0].created_at, "init_start": time.perf_counter()}  # startup.MARKS
         split = np.stack([jax.random.split(jax.random.PRNGKey(ctx.run.seed), n_keys) for ctx in ctxs])
         self.keys = tuple(split[:, k] for k in range(n_keys))
+        started = time.perf_counter()
         if len(ctxs) == 1:
             state = agents[0].init(self.keys[0][0])
         else:
