@@ -41,7 +41,7 @@ def report(marks: Mapping[str, float], compile_seconds: float, since_start: floa
     """The `startup` entry of summary.json from perf_counter `marks` (see MARKS) read at `now`,
     when the process had been running `since_start` seconds (None: unknown): `seconds` (process
     start to the first env step), `before_run_seconds` (interpreter, imports, argument parsing,
-    agent and env spec), `setup_seconds` (run directory, envs), `init_seconds` (the agent's init,
+    agent and env spec), `setup_seconds` (run directory, envs), `init_seconds` (the keys and the agent's init,
     its compilation included), `to_first_step_seconds` (checkpoint, metric columns, recorders,
     the first act call with its compilation, the first env step) and `compile_seconds` (init and
     loop programs compiled by then)."""
