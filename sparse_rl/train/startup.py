@@ -41,10 +41,11 @@ def report(marks: Mapping[str, float], compile_seconds: float, since_start: floa
     """The `startup` entry of summary.json from perf_counter `marks` (see MARKS) read at `now`,
     when the process had been running `since_start` seconds (None: unknown): `seconds` (process
     start to the first env step), `before_run_seconds` (interpreter, imports, argument parsing,
-    agent and env spec), `setup_seconds` (run directory, envs), `init_seconds` (the keys and the agent's init,
-    its compilation included), `to_first_step_seconds` (checkpoint, metric columns, recorders,
-    the first act call with its compilation, the first env step) and `compile_seconds` (init and
-    loop programs compiled by then)."""
+    agent and env spec, run directory), `setup_seconds` (config.json, envs, replay buffers),
+    `init_seconds` (the keys and the agent's init, its compilation included),
+    `to_first_step_seconds` (checkpoint, metric columns, recorders, the first act call with its
+    compilation, the first env step) and `compile_seconds` (init and loop programs compiled by
+    then)."""
     origin = None if since_start is None else now - since_start
     out: dict = {"seconds": None if origin is None or "first_step" not in marks else marks["first_step"] - origin}
     previous = origin
