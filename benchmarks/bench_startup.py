@@ -27,17 +27,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sbx_defaults import ENVS, our_flags, sac_random_steps  # noqa: E402
 from common import machine, write_results  # noqa: E402
 
-# sbx's defaults where ours differ (issue 15's table); steps: a little past the first update, and for
-# DQN far enough for one analysis row (gradient step 1000, with the gradient SNR) at the defaults.
-WORKLOADS = {
-    "dqn": {"env": "CartPole-v1", "steps": 5000, "args": [
-        "--dqn.widths", "256", "256", "--dqn.batch-size", "32", "--dqn.train-every", "4",
-        "--dqn.learning-starts", "1000"]},
-    "sac": {"env": "HalfCheetah-v5", "steps": 1200, "args": ["--sac.learning-starts", "1000"]},
-    "ppo": {"env": "HalfCheetah-v5", "steps": 2048, "args": []},
-}
+# Steps: a little past the first update; for DQN far enough for one analysis row (gradient step
+# 1000, with the gradient SNR) at the default analysis settings. Settings: sbx's defaults, as
+# bench_sbx_defaults.py sets them.
+STEPS = {"dqn": 5000, "sac": sac_random_steps(1.0) + 200, "ppo": 2048}
+WORKLOADS = {name: {"env": ENVS[name], "steps": steps, "args": our_flags(name, steps, 1.0)}
+             for name, steps in STEPS.items()}
 IMPORT_CODE = """
 import time
 t = time.perf_counter()
