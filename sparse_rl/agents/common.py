@@ -89,3 +89,19 @@ def drawn_apart(noise):
     policy's arithmetic (PPO's Box policy: jax.random.normal's sqrt(2) folded into the broadcast
     std, a 1-ulp difference)."""
     return jax.lax.optimization_barrier(noise)
+
+
+def batch_shape(obs, obs_rank: int) -> tuple:
+    """The leading (batch) axes of `obs`, whose observations have `obs_rank` axes each."""
+    return obs.shape[: obs.ndim - obs_rank]
+
+
+def composed_act(acting_view, act_noise, policy, obs_rank: int):
+    """The contract's `act(state, obs, key, step=0, evaluation=False)` from an agent's three acting
+    parts (`sparse_rl.agents.base.Agent`): `policy(acting_view(state), obs, noise, step,
+    evaluation)` with `noise = act_noise(key, batch shape of obs, evaluation)`, drawn apart."""
+    def act(state, obs, key, step=0, evaluation=False):
+        noise = drawn_apart(act_noise(key, batch_shape(obs, obs_rank), evaluation))
+        return policy(acting_view(state), obs, noise, step, evaluation)
+
+    return act

@@ -283,9 +283,7 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
         explore_draw, random_actions = noise
         return jnp.where(explore_draw < eps, random_actions, greedy)
 
-    def act(state, obs, key, step, evaluation=False):
-        noise = common.drawn_apart(act_noise(key, obs.shape[: obs.ndim - len(obs_spec.shape)], evaluation))
-        return policy(acting_view(state), obs, noise, step, evaluation)
+    act = common.composed_act(acting_view, act_noise, policy, len(obs_spec.shape))
 
     def loss_fn(params, target_params, batch):
         q = network.apply(params, batch.obs)

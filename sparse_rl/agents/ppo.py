@@ -537,15 +537,10 @@ def make(config: Config, env_spec, total_steps: int) -> OnPolicyAgent:
     def value(view, obs):
         return value_net.apply(view.value_params, preprocess(view.obs_norm, obs))
 
-    def batch_shape_of(obs):
-        return obs.shape[: obs.ndim - len(obs_shape)]
-
-    def act(state, obs, key, step=0, evaluation=False):
-        noise = common.drawn_apart(act_noise(key, batch_shape_of(obs), evaluation))
-        return policy(acting_view(state), obs, noise, step, evaluation)
+    act = common.composed_act(acting_view, act_noise, policy, len(obs_shape))
 
     def act_with_info(state, obs, key):
-        noise = common.drawn_apart(act_noise(key, batch_shape_of(obs)))
+        noise = common.drawn_apart(act_noise(key, common.batch_shape(obs, len(obs_shape))))
         return policy_with_info(acting_view(state), obs, noise)
 
     def normalize_advantage(adv):

@@ -444,9 +444,7 @@ def make(config: Config, env_spec, total_steps: int) -> Agent:
             action, _ = tanh_gaussian(noise, mean, log_std)
         return to_env(action).astype(action_dtype)
 
-    def act(state, obs, key, step, evaluation=False):
-        noise = common.drawn_apart(act_noise(key, obs.shape[: obs.ndim - len(obs_shape)], evaluation))
-        return policy(acting_view(state), obs, noise, step, evaluation)
+    act = common.composed_act(acting_view, act_noise, policy, len(obs_shape))
 
     def critic_loss_fn(critic_params, state: SACState, batch, key):
         """MSE_1 + MSE_2 to the soft Bellman target (tf-agents SacAgent.critic_loss with
