@@ -89,6 +89,18 @@ def chunk_sizes(n_runs: int, run_bytes: int, *, platform: str | None = None,
     return [n_runs // n + (1 if i < n_runs % n else 0) for i in range(n)]
 
 
+def _single_axis(x):
+    """`_shared_axes` of a one-run state, from its unbatched leaf: integer scalars are shared."""
+    return None if np.ndim(x) == 0 and np.issubdtype(np.result_type(x), np.integer) else 0
+
+
+@jax.jit
+def _copy_tree(tree):
+    """A copy of a device pytree in one program (an eager `jnp.copy` per leaf compiles one per
+    distinct shape)."""
+    return jax.tree_util.tree_map(jnp.copy, tree)
+
+
 def _first(tree):
     return jax.tree_util.tree_map(lambda x: x[0], tree)
 
@@ -114,9 +126,6 @@ class StateChunks:
 
     def __init__(self, stacked, sizes: Sequence[int], threads: int = 1, single: bool = False):
         self.single = single
-        if single:  # one unbatched state: a leading axis of 1 added only to compute the axes
-            stacked = _add_run_axis(stacked)
-        self.axes = _shared_axes(stacked)
         self.sizes = list(sizes)
         self.bounds = []
         lo = 0
@@ -124,8 +133,16 @@ class StateChunks:
             self.bounds.append((lo, lo + size))
             lo += size
         self.n = lo
-        self.states = [_tree_map_axes(lambda a, x, lo=lo, hi=hi: x[lo] if a is None or single else x[lo:hi],
-                                      self.axes, stacked) for lo, hi in self.bounds]
+        if single:
+            # One unbatched state, kept as it is: its axes follow from the shapes alone. Adding a
+            # run axis and slicing it off again ran two small programs per distinct leaf shape,
+            # ~40 at start-up, each traced, lowered and looked up in the cache (issue 15).
+            self.axes = jax.tree_util.tree_map(_single_axis, stacked)
+            self.states = [stacked]
+        else:
+            self.axes = _shared_axes(stacked)
+            self.states = [_tree_map_axes(lambda a, x, lo=lo, hi=hi: x[lo] if a is None else x[lo:hi],
+                                          self.axes, stacked) for lo, hi in self.bounds]
         self.threads = max(1, min(int(threads), len(self.sizes)))
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.compile_seconds = 0.0
@@ -264,7 +281,7 @@ class StateChunks:
         """Run i's state as a device pytree (a copy: the chunk's state is donated by updates)."""
         c, j = self._where[i]
         if self.single:
-            return jax.tree_util.tree_map(jnp.copy, self.states[0])
+            return _copy_tree(self.states[0])
         return _tree_map_axes(lambda a, x: jnp.copy(x) if a is None else x[j], self.axes, self.states[c])
 
     def host(self) -> list:
