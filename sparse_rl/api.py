@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from sparse_rl import agents, envs
+from sparse_rl.agents.common import composed_act
 from sparse_rl.analysis import sensitivity
 from sparse_rl.configure import Shortcuts, apply_overrides, apply_shortcuts, choose_preset, run_warnings
 from sparse_rl.envs.registry import FACTORY_NAMESPACE
@@ -124,12 +125,30 @@ class Policy:
         self.run_config = loaded.run
         self.config = loaded.config
         self.agent = loaded.agent
-        self.state = loaded.state
         self.env_spec = loaded.env_spec
         self.step = loaded.step
         self.dir = loaded.path
         self._key = jax.random.PRNGKey(seed)
         self._calls = 0
+        # Acting reads only the agent's acting view (issue 15): it is taken once per state, and one
+        # program per call draws the noise and runs the policy, the key folded in inside it.
+        act = composed_act(lambda view: view, self.agent.act_noise, self.agent.policy,
+                           len(self.env_spec.observation_spec.shape))
+        self._act_with_key = jax.jit(lambda view, obs, key: act(view, obs, key, 0, evaluation=True))
+        self._act_next = jax.jit(lambda view, obs, key, calls: act(view, obs, jax.random.fold_in(key, calls), 0,
+                                                                    evaluation=True))
+        self._acting_view = jax.jit(self.agent.acting_view)
+        self.state = loaded.state
+
+    @property
+    def state(self):
+        """The agent state (a pytree of arrays); setting it also renews what `act` reads."""
+        return self._state
+
+    @state.setter
+    def state(self, state) -> None:
+        self._state = state
+        self._view = self._acting_view(state)
 
     @property
     def env_id(self) -> str:
@@ -146,11 +165,13 @@ class Policy:
         policy's own sequence (seed of `load`)."""
         obs = np.asarray(obs)
         single = obs.ndim == len(self.env_spec.observation_spec.shape)
-        if key is None:
-            key = jax.random.fold_in(self._key, self._calls)
-            self._calls += 1
         batch = obs[None] if single else obs
-        action = np.asarray(self.agent.act(self.state, batch, key, 0, evaluation=True))
+        if key is None:
+            action = self._act_next(self._view, batch, self._key, self._calls)
+            self._calls += 1
+        else:
+            action = self._act_with_key(self._view, batch, key)
+        action = np.asarray(action)
         return action[0] if single else action
 
 

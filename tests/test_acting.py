@@ -137,3 +137,28 @@ def test_acting_view_holds_no_optimiser_state():
         state = agent.init(jax.random.PRNGKey(0))
         view_leaves = len(jax.tree_util.tree_leaves(agent.acting_view(state)))
         assert view_leaves < len(jax.tree_util.tree_leaves(state)) / 2, name
+
+
+def test_sac_warmup_draws_only_the_blocks_it_acts_on(tmp_path, monkeypatch):
+    """After a random warm-up the first policy noise block drawn is the one holding
+    `learning_starts` (not block 0 as well), and the warm-up's uniform actions are drawn ahead."""
+    import sparse_rl
+    from sparse_rl.train import acting
+
+    drawn = []
+    real_call = acting.NoiseDrawer.__call__
+
+    def counting(self, keys, steps):
+        drawn.append((id(self), int(steps[0])))
+        return real_call(self, keys, steps)
+
+    monkeypatch.setattr(acting.NoiseDrawer, "__call__", counting)
+    sparse_rl.train("sac", "Pendulum-v1", steps=1100, seed=0, out=str(tmp_path / "run"), eval_every=1100,
+                    log_every=1100, eval_episodes=1, progress=False, actor_widths=(8,), critic_widths=(8,),
+                    learning_starts=1030, batch_size=8)
+    drawers = {}
+    for drawer, start in drawn:
+        drawers.setdefault(drawer, []).append(start)
+    # warm-up actions for steps 0..1029 (blocks 0 and 1024); policy noise for 1030..1099 (block 1024
+    # only); SAC's evaluation is deterministic and draws nothing
+    assert sorted(sorted(v) for v in drawers.values()) == [[0, 1024], [1024]]

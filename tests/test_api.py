@@ -8,6 +8,7 @@ import sys
 import types
 
 import gymnasium as gym
+import jax
 import numpy as np
 import pytest
 
@@ -186,6 +187,15 @@ def test_train_load_act_evaluate_with_a_factory_and_callbacks(tmp_path):
     single = policy.act(np.zeros(4, np.float32))
     batch = policy.act(np.zeros((5, 4), np.float32))
     assert np.shape(single) == () and batch.shape == (5,)
+    # the trimmed act (acting view taken once, key folded in inside one program) is the agent's act
+    many = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    key = jax.random.PRNGKey(7)
+    want = np.asarray(policy.agent.act(policy.state, many, key, 0, evaluation=True))
+    np.testing.assert_array_equal(policy.act(many, key=key), want)
+    seeded = sparse_rl.load(run.dir, seed=3)
+    for call in range(2):
+        want = policy.agent.act(policy.state, many, jax.random.fold_in(jax.random.PRNGKey(3), call), 0, evaluation=True)
+        np.testing.assert_array_equal(seeded.act(many), np.asarray(want))
 
     returns = sparse_rl.evaluate(policy, episodes=3, seed=0)
     assert len(returns) == 3 and all(r <= 50 for r in returns)

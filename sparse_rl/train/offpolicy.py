@@ -143,9 +143,13 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     recorders = make_recorders(ctxs, agents, chunks, resume_step)
 
     start_step = resume_step or 0
-    # The first noise draws compile their program: counted as start-up, not as loop time.
-    start.init_seconds += act_noise.warm(start_step)
-    if needs.random_warmup and start_step < needs.learning_starts:
+    # The first noise draws compile their program: counted as start-up, not as loop time. The
+    # block drawn is the one the first policy action reads (after a random warm-up, if any).
+    warming_up = needs.random_warmup and start_step < needs.learning_starts
+    first_act = needs.learning_starts if warming_up else start_step
+    if first_act < run0.steps:
+        start.init_seconds += act_noise.warm(first_act)
+    if warming_up:
         start.init_seconds += random_actions.warm(start_step)
     for ctx in ctxs:
         ctx.clock.reset_sps(start_step)
