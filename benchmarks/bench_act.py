@@ -6,9 +6,9 @@
 "before": the release's path: one jitted call over the whole agent state (PPO: its state without
 optimiser states) that folds the step into the run's key and draws its noise with threefry, then
 one host transfer per output (PPO: action, log-probability, value).
-"after": the loops' path now: `StateChunks.program` over the agent's `acting_view`, the noise of
-the step sliced from a block drawn ahead (`sparse_rl.train.acting`; the block draws are included,
-amortised), one host transfer.
+"after": the loops' path now (`offpolicy.act_step`, `onpolicy.act_step`): `StateChunks.program`
+over the agent's `acting_view`, the noise of the step sliced on the device from a block drawn ahead
+(`sparse_rl.train.acting`; the block draws are included, amortised), one host transfer.
 Both are timed in the same process, alternated round by round; the result is the median over
 rounds of microseconds per call, and the ratio. Writes benchmarks/results/act.json:
 {case: {"act_us", "act_us_before", "ratio", "rounds", "calls", "machine"}} (case "dqn CartPole-v1",
@@ -32,7 +32,8 @@ from sparse_rl.agents import dqn, ppo, sac  # noqa: E402
 from sparse_rl.sparsity import SparsityConfig  # noqa: E402
 from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer  # noqa: E402
 from sparse_rl.train.chunks import StateChunks  # noqa: E402
-from sparse_rl.train.onpolicy import pack_step, unpack_step  # noqa: E402
+from sparse_rl.train import offpolicy, onpolicy  # noqa: E402
+from sparse_rl.train.onpolicy import unpack_step  # noqa: E402
 
 DENSE = SparsityConfig(method="dense")
 RIGL = SparsityConfig(method="rigl", sparsity=0.9, update_every=1000, drop_fraction=0.5, sparse_init=True)
@@ -81,13 +82,12 @@ def after_path(name: str, agent, state, obs):
     chunks = StateChunks.for_one(state)
     keys = np.asarray(jax.random.PRNGKey(1))[None]
     if name == "ppo":
-        act = chunks.program(lambda v, o, noise: pack_step(*agent.policy_with_info(v, o, noise)), "act",
-                             view=agent.acting_view)
+        act = chunks.program(onpolicy.act_step(agent), "act", view=agent.acting_view)
         noise = NoiseBlocks(NoiseDrawer(lambda key: agent.act_noise(key, (obs.shape[0],), False)), keys, 2048)
-        return lambda step: unpack_step(np.asarray(act((obs[None], noise.at(step)))), agent.loop)
-    act = chunks.program(lambda v, o, n, step: agent.policy(v, o[None], n, step)[0], "act", view=agent.acting_view)
+        return lambda step: unpack_step(np.asarray(act((obs[None], noise.block_at(step)), (step,))), agent.loop)
+    act = chunks.program(offpolicy.act_step(agent), "act", view=agent.acting_view)
     noise = NoiseBlocks(NoiseDrawer(lambda key: agent.act_noise(key, (1,), False)), keys)
-    return lambda step: np.asarray(act((obs[None], noise.at(step)), (step,)))
+    return lambda step: np.asarray(act((obs[None], noise.block_at(step)), (step,)))
 
 
 def time_calls(call, first: int, calls: int) -> float:

@@ -160,7 +160,7 @@ def evaluate(ctxs: Sequence[RunContext], eval_act_all, eval_noise: NoiseDrawer, 
     (so it depends only on those and the agent state: a resumed run evaluates exactly as an
     uninterrupted one), noise from the key folded with the env step and the episode step
     (`eval_noise`, drawn in blocks); one batched act call per env step for all runs
-    (`eval_act_all((obs, noise))`)."""
+    (`eval_act_all((obs, noise block), (t,))`, see `train.acting.step_noise`)."""
     started = time.perf_counter()
     S = len(ctxs)
     index = len(ctxs[0].eval_history)
@@ -175,7 +175,7 @@ def evaluate(ctxs: Sequence[RunContext], eval_act_all, eval_noise: NoiseDrawer, 
         noise = NoiseBlocks(eval_noise, jax.vmap(lambda k: jax.random.fold_in(k, done))(eval_keys), EVAL_BLOCK)
         t = 0
         while not finished.all():
-            actions = np.asarray(eval_act_all((obs, noise.at(t))))
+            actions = np.asarray(eval_act_all((obs, noise.block_at(t)), (t,)))
             for i, env in enumerate(venvs):
                 if finished[i].all():
                     continue

@@ -16,7 +16,7 @@ import numpy as np
 
 from sparse_rl import envs
 from sparse_rl.replay import ReplayBuffer, Transition
-from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer
+from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer, step_noise
 from sparse_rl.train.context import RunContext, join_state, split_state
 from sparse_rl.train.group import (ScheduledUpdate, Start, evaluate, finish, log_rows, make_recorders,
                                    record_around, stack_runs, update_calendar)
@@ -88,6 +88,13 @@ class RunLoopState:
         ctx.save_checkpoint(step, {"agent": state}, arrays, counters, state=state)
 
 
+def act_step(agent):
+    """The loop's act for one env step, `(acting view, obs, noise block, step) -> action` (over a
+    `StateChunks.program`): the step's noise is sliced from its block on the device."""
+    return lambda view, obs, block, step: agent.policy(view, obs[None], step_noise(block, step), step,
+                                                       evaluation=False)[0]
+
+
 def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None = None,
         threads: int | None = None) -> list[dict]:
     ctx0 = ctxs[0]
@@ -106,12 +113,11 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
 
     # Per env step one dispatch of the deterministic policy over what acting reads; the noise of
     # its random draws comes from blocks drawn ahead (`train.acting`).
-    act_all = chunks.program(
-        lambda view, obs, noise, step: agent.policy(view, obs[None], noise, step, evaluation=False)[0], "act",
-        view=agent.acting_view)
+    act_all = chunks.program(act_step(agent), "act", view=agent.acting_view)
     act_noise = NoiseBlocks(NoiseDrawer(lambda key: agent.act_noise(key, (1,), False)), act_keys)
     eval_act_all = chunks.program(
-        lambda view, obs, noise: agent.policy(view, obs, noise, 0, evaluation=True), view=agent.acting_view)
+        lambda view, obs, block, t: agent.policy(view, obs, step_noise(block, t), 0, evaluation=True),
+        view=agent.acting_view)
     eval_noise = NoiseDrawer(lambda key: agent.act_noise(key, (run0.eval_episodes,), True))
     # Two programs for prune/SET/RigL: calls in which no mask update is due run one without the
     # mask-update branch (`topology=False`), which is what most calls are.
@@ -162,7 +168,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
             if needs.random_warmup and step < needs.learning_starts:
                 actions = random_actions.at(step)
             else:
-                actions = np.asarray(act_all((obs, act_noise.at(step)), (step,)))
+                actions = np.asarray(act_all((obs, act_noise.block_at(step)), (step,)))
             for loop_state, action in zip(runs, actions):
                 loop_state.step(action)
             if step == start_step:

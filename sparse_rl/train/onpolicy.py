@@ -37,7 +37,7 @@ import numpy as np
 from sparse_rl import envs
 from sparse_rl.agents import normalize as running
 from sparse_rl.agents.base import Rollout, example_rollout
-from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer
+from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer, step_noise
 from sparse_rl.train.context import RunContext, join_state, split_state
 from sparse_rl.train.group import (ScheduledUpdate, Start, crossed, evaluate, finish, log_rows, make_recorders,
                                    record_around, update_calendar)
@@ -92,6 +92,13 @@ class RunLoopState:
         ctx.save_checkpoint(step, {"agent": state}, arrays, counters, state=state)
 
 
+def act_step(agent):
+    """The loop's act for one env step of every env, `(acting view, obs, noise block, index) ->
+    packed (action, log-probability, value)` (over a `StateChunks.program`, `pack_step`): the
+    step's noise is sliced from its block on the device."""
+    return lambda view, obs, block, index: pack_step(*agent.policy_with_info(view, obs, step_noise(block, index)))
+
+
 def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None = None,
         threads: int | None = None) -> list[dict]:
     S = len(ctxs)
@@ -128,10 +135,11 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     # One dispatch per env step for all runs, over what acting reads (the agent's `acting_view`),
     # with noise drawn a rollout ahead (`train.acting`), returning one array (`pack_step`).
     view = agent.acting_view
-    act_all = chunks.program(lambda v, o, noise: pack_step(*agent.policy_with_info(v, o, noise)), "act", view=view)
+    act_all = chunks.program(act_step(agent), "act", view=view)
     act_noise = NoiseBlocks(NoiseDrawer(lambda key: agent.act_noise(key, (N,), False)), act_keys, T)
     value_all = chunks.program(agent.value, view=view)
-    eval_act_all = chunks.program(lambda v, o, noise: agent.policy(v, o, noise, 0, evaluation=True), view=view)
+    eval_act_all = chunks.program(lambda v, o, block, t: agent.policy(v, o, step_noise(block, t), 0, evaluation=True),
+                                  view=view)
     eval_noise = NoiseDrawer(lambda key: agent.act_noise(key, (run0.eval_episodes,), True))
     # Updates with no mask update among their minibatch steps run a program without the
     # mask-update branch.
@@ -161,7 +169,8 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
         for iteration in range(start_iteration, needs.iterations):
             for t in range(T):
                 index = iteration * T + t
-                action, log_prob, value = unpack_step(np.asarray(act_all((obs, act_noise.at(index)))), needs)
+                action, log_prob, value = unpack_step(np.asarray(act_all((obs, act_noise.block_at(index)), (index,))),
+                                                      needs)
                 next_obs = np.empty_like(obs)
                 finals = {}  # run -> its envs' true final observations, where some env truncated
                 for i, loop_state in enumerate(runs):
