@@ -136,6 +136,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     _, metric_shapes = jax.eval_shape(agent.update, start.example, example_batch(obs_spec, action_spec,
                                                                                  needs.sample_size), update_keys[0])
     network_names = [f"sparsity_{name}" for name in agent.networks(start.example)]
+    device_update_keys = jax.device_put(update_keys)  # read by every update: moved to the device once
     resume_step = None
     if start.restored is not None:
         resume_step = int(start.counters(0)["step"])
@@ -179,7 +180,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
                 samples = [r.replay.sample(needs.sample_size, n_step=needs.n_step, gamma=needs.gamma) for r in runs]
                 batch = stack_runs(samples)
                 metrics = record_around(recorders, chunks, lambda i, state: samples[i], step + 1,
-                                        lambda: update_all((batch, update_keys), (step,)))
+                                        lambda: update_all((batch, device_update_keys), (step,)))
 
             done = step + 1
             evaluated = done % run0.eval_every == 0 or done == run0.steps
