@@ -9,7 +9,8 @@ one host transfer per output (PPO: action, log-probability, value).
 "after": the loops' path now (`offpolicy.act_step`, `onpolicy.act_step`): `StateChunks.program`
 over the agent's `acting_view`, the noise of the step sliced on the device from a block drawn ahead
 (`sparse_rl.train.acting`; the block draws are included, amortised), one host transfer.
-Both are timed in the same process, alternated round by round; the result is the median over
+Both are timed in the same process with synchronous CPU dispatch, as `sparse-rl train` runs them
+(`sparse_rl.train.dispatch`), alternated round by round; the result is the median over
 rounds of microseconds per call, and the ratio. Writes benchmarks/results/act.json:
 {case: {"act_us", "act_us_before", "ratio", "rounds", "calls", "machine"}} (case "dqn CartPole-v1",
 "dqn CartPole-v1 rigl-0.9", ...), read by table.py for the FLOP table's "act us" column.
@@ -26,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write_results  # noqa: E402
+from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch  # noqa: E402
 
 from sparse_rl import envs  # noqa: E402
 from sparse_rl.agents import dqn, ppo, sac  # noqa: E402
@@ -127,6 +129,7 @@ def measure(case: str, rounds: int, calls: int) -> dict:
 
 
 def main(argv=None) -> int:
+    use_synchronous_cpu_dispatch()  # as `sparse-rl train` runs its programs (sparse_rl.train.dispatch)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=2000)

@@ -11,7 +11,8 @@ update is bound by the same limit. Results: benchmarks/results/update_flops.json
 
 Two sets of rows: the paper's settings (the presets) and sbx's defaults (issue 15: DQN 256-256
 batch 32, SAC 256-256 batch 256, PPO 64-64 minibatch 64; the flags of bench_sbx_defaults.py).
-Every row also gives the microseconds of one update call. PPO's row has no FLOP count: its update
+Every row also gives the microseconds of one update call, dispatched synchronously as `sparse-rl
+train` dispatches it (`sparse_rl.train.dispatch`). PPO's row has no FLOP count: its update
 is a loop over epochs and minibatches (one call learns from a whole 2048-step rollout), and XLA's
 cost analysis counts a loop body once, not once per trip; its time per gradient step is given.
 """
@@ -26,6 +27,7 @@ from typing import NamedTuple
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_sbx_defaults import STEPS, our_flags  # noqa: E402
 from common import machine, write_results  # noqa: E402
+from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch  # noqa: E402
 
 
 class Case(NamedTuple):
@@ -123,6 +125,7 @@ def matmul_gflops(m: int, k: int, n: int) -> float:
 
 
 def main():
+    use_synchronous_cpu_dispatch()  # as `sparse-rl train` runs its programs (sparse_rl.train.dispatch)
     rows = []
     for case in CASES:
         row = update_case(case)

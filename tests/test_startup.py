@@ -105,3 +105,31 @@ def test_a_deferred_module_that_cannot_be_imported_fails_where_it_is_used():
             stand_in.anything
     finally:
         sys.modules.pop("sparse_rl_no_such_module", None)
+
+
+def test_train_and_sweep_workers_dispatch_cpu_programs_synchronously(tmp_path):
+    """`sparse-rl train` and a sweep worker turn JAX's asynchronous CPU dispatch off before their first
+    computation (`sparse_rl.train.dispatch`); the Python API leaves the user's process as it is."""
+    code = """
+import sys, jax
+from sparse_rl.train.dispatch import OPTION
+import sparse_rl
+print("ASYNC", jax.config.read(OPTION))
+sparse_rl.train("dqn", "CartPole-v1", steps=120, out=sys.argv[1] + "/api", eval_every=120, checkpoint_every=0,
+                widths=(8,), learning_starts=100, batch_size=8, eval_episodes=1, progress=False)
+print("ASYNC", jax.config.read(OPTION))
+from sparse_rl.cli import main
+main(["train", "--agent", "dqn", "--env", "CartPole-v1", "--steps", "120", "--out", sys.argv[1] + "/cli",
+      "--eval-every", "120", "--eval-episodes", "1", "--checkpoint-every", "0", "--progress", "False",
+      "--dqn.widths", "8", "--dqn.learning-starts", "100", "--dqn.batch-size", "8"])
+print("ASYNC", jax.config.read(OPTION))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[1] for line in out.stdout.splitlines() if line.startswith("ASYNC")] == ["True", "True", "False"]
+    worker = subprocess.run([sys.executable, "-c", "import jax, sparse_rl.sweep.local as w\n"
+                             "w.execute_task = lambda task: []\nw.main(['{\"cells\": []}'])\n"
+                             "from sparse_rl.train.dispatch import OPTION; print(jax.config.read(OPTION))"],
+                            capture_output=True, text=True, timeout=120)
+    assert worker.returncode == 0, worker.stderr
+    assert worker.stdout.split()[-1] == "False"

@@ -195,8 +195,11 @@ def failure_message(path) -> str | None:
 
 def main(argv=None) -> int:
     """`python -m sparse_rl.sweep.local TASK_JSON`: run one task (a worker process)."""
+    from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch
+
     argv = sys.argv[1:] if argv is None else argv
     _die_with_parent()
+    use_synchronous_cpu_dispatch()  # a fresh process: before its first computation
     task = json.loads(argv[0])
     try:
         interrupt_on_sigterm()  # a job stopped by its scheduler: the cells stay resumable

@@ -24,6 +24,7 @@ from pathlib import Path
 from sparse_rl.errors import ConfigError
 from sparse_rl.sweep.local import (SweepProgress, execute_task, finalize_task, worker_env,
                                    worker_exit_status)
+from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch
 
 
 def _ray():
@@ -36,6 +37,7 @@ def _ray():
 
 
 def _task(task: dict) -> list[dict]:  # runs inside a Ray worker
+    use_synchronous_cpu_dispatch()  # takes effect in a worker's first task (before its first computation)
     return execute_task(task)
 
 
