@@ -159,10 +159,9 @@ class AnnounceStart(Callback):
 def train_main(argv=None) -> int:
     from sparse_rl.configure import run_warnings
     from sparse_rl.train.compile_cache import enable_compile_cache
+    from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch
     from sparse_rl.train.rundir import run_status
     from sparse_rl.train.runner import default_out, train
-
-    from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch
 
     use_synchronous_cpu_dispatch()  # before any computation: JAX reads it when its CPU client starts
     argv = list(sys.argv[1:] if argv is None else argv)

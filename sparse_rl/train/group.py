@@ -21,7 +21,7 @@ from sparse_rl import envs
 from sparse_rl.errors import ConfigError, GroupResumeMismatch
 from sparse_rl.sparsity import mask_update_due
 from sparse_rl.train import startup
-from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer
+from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer, step_noise
 from sparse_rl.train.chunks import StateChunks, check_one_program, init_states
 from sparse_rl.train.context import RunConfig, RunContext
 from sparse_rl.train.recorder import make_recorder
@@ -152,6 +152,13 @@ def update_calendar(agents: Sequence):
     if any(c is None for c in calendars):
         return None
     return np.unique(np.concatenate([np.asarray(c, np.int64) for c in calendars]))
+
+
+def eval_act_step(agent):
+    """The evaluation's act for one step of every episode, `(acting view, obs, noise block, t) ->
+    action` (over a `StateChunks.program`, called by `evaluate`): the step's noise is sliced from
+    its block on the device."""
+    return lambda view, obs, block, t: agent.policy(view, obs, step_noise(block, t), 0, evaluation=True)
 
 
 def evaluate(ctxs: Sequence[RunContext], eval_act_all, eval_noise: NoiseDrawer, eval_keys, done: int) -> None:

@@ -18,8 +18,8 @@ from sparse_rl import envs
 from sparse_rl.replay import ReplayBuffer, Transition
 from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer, step_noise
 from sparse_rl.train.context import RunContext, join_state, split_state
-from sparse_rl.train.group import (ScheduledUpdate, Start, evaluate, finish, log_rows, make_recorders,
-                                   record_around, stack_runs, update_calendar)
+from sparse_rl.train.group import (ScheduledUpdate, Start, eval_act_step, evaluate, finish, log_rows,
+                                   make_recorders, record_around, stack_runs, update_calendar)
 
 
 def example_batch(obs_spec, action_spec, size: int) -> Transition:
@@ -115,9 +115,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     # its random draws comes from blocks drawn ahead (`train.acting`).
     act_all = chunks.program(act_step(agent), "act", view=agent.acting_view)
     act_noise = NoiseBlocks(NoiseDrawer(lambda key: agent.act_noise(key, (1,), False)), act_keys)
-    eval_act_all = chunks.program(
-        lambda view, obs, block, t: agent.policy(view, obs, step_noise(block, t), 0, evaluation=True),
-        view=agent.acting_view)
+    eval_act_all = chunks.program(eval_act_step(agent), view=agent.acting_view)
     eval_noise = NoiseDrawer(lambda key: agent.act_noise(key, (run0.eval_episodes,), True))
     # Two programs for prune/SET/RigL: calls in which no mask update is due run one without the
     # mask-update branch (`topology=False`), which is what most calls are.

@@ -39,8 +39,8 @@ from sparse_rl.agents import normalize as running
 from sparse_rl.agents.base import Rollout, example_rollout
 from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer, step_noise
 from sparse_rl.train.context import RunContext, join_state, split_state
-from sparse_rl.train.group import (ScheduledUpdate, Start, crossed, evaluate, finish, log_rows, make_recorders,
-                                   record_around, update_calendar)
+from sparse_rl.train.group import (ScheduledUpdate, Start, crossed, eval_act_step, evaluate, finish, log_rows,
+                                   make_recorders, record_around, update_calendar)
 
 
 def pack_step(action, log_prob, value):
@@ -138,8 +138,7 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     act_all = chunks.program(act_step(agent), "act", view=view)
     act_noise = NoiseBlocks(NoiseDrawer(lambda key: agent.act_noise(key, (N,), False)), act_keys, T)
     value_all = chunks.program(agent.value, view=view)
-    eval_act_all = chunks.program(lambda v, o, block, t: agent.policy(v, o, step_noise(block, t), 0, evaluation=True),
-                                  view=view)
+    eval_act_all = chunks.program(eval_act_step(agent), view=view)
     eval_noise = NoiseDrawer(lambda key: agent.act_noise(key, (run0.eval_episodes,), True))
     # Updates with no mask update among their minibatch steps run a program without the
     # mask-update branch.
