@@ -9,14 +9,16 @@ one host transfer per output (PPO: action, log-probability, value).
 "after": the loops' path now (`offpolicy.act_step`, `onpolicy.act_step`): `StateChunks.program`
 over the agent's `acting_view`, the noise of the step sliced on the device from a block drawn ahead
 (`sparse_rl.train.acting`; the block draws are included, amortised), one host transfer.
-Both are timed in the same process with synchronous CPU dispatch, as `sparse-rl train` runs them
-(`sparse_rl.train.dispatch`), alternated round by round; the result is the median over
+Both are timed in the same process with synchronous CPU dispatch and as many XLA CPU threads as
+`sparse-rl train` gives the run, as it runs them (`sparse_rl.train.dispatch`; a child process per
+case, since XLA sizes its pool once per process), alternated round by round; the result is the median over
 rounds of microseconds per call, and the ratio. Writes benchmarks/results/act.json:
 {case: {"act_us", "act_us_before", "ratio", "rounds", "calls", "machine"}} (case "dqn CartPole-v1",
 "dqn CartPole-v1 rigl-0.9", ...), read by table.py for the FLOP table's "act us" column.
 """
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -26,8 +28,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write_results  # noqa: E402
-from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch  # noqa: E402
+from common import machine, run_worker, write_results  # noqa: E402
+from sparse_rl.train.dispatch import auto_cpu_threads, use_synchronous_cpu_dispatch  # noqa: E402
 
 from sparse_rl import envs  # noqa: E402
 from sparse_rl.agents import dqn, ppo, sac  # noqa: E402
@@ -41,19 +43,28 @@ DENSE = SparsityConfig(method="dense")
 RIGL = SparsityConfig(method="rigl", sparsity=0.9, update_every=1000, drop_fraction=0.5, sparse_init=True)
 
 
-def make_agent(name: str, env_id: str, sparsity: SparsityConfig):
+MODULES = {"dqn": dqn, "sac": sac, "ppo": ppo}
+
+
+def agent_config(name: str, sparsity: SparsityConfig):
     """sbx's default network sizes (issue 15's workloads)."""
-    spec = envs.env_spec(env_id)
     if name == "dqn":
-        config = dqn.Config(widths=(256, 256), batch_size=32, train_every=4, sparsity=sparsity)
-        return dqn.make(config, spec, 20_000)
+        return dqn.Config(widths=(256, 256), batch_size=32, train_every=4, sparsity=sparsity)
     if name == "sac":
-        config = sac.Config(actor_widths=(256, 256), critic_widths=(256, 256), actor_sparsity=sparsity,
-                            critic_sparsity=sparsity)
-        return sac.make(config, spec, 20_000)
-    config = ppo.Config(actor_widths=(64, 64), value_widths=(64, 64), num_envs=1, actor_sparsity=sparsity,
-                        value_sparsity=DENSE if sparsity.method == "dense" else sparsity)
-    return ppo.make(config, spec, 20_480)
+        return sac.Config(actor_widths=(256, 256), critic_widths=(256, 256), actor_sparsity=sparsity,
+                          critic_sparsity=sparsity)
+    return ppo.Config(actor_widths=(64, 64), value_widths=(64, 64), num_envs=1, actor_sparsity=sparsity,
+                      value_sparsity=DENSE if sparsity.method == "dense" else sparsity)
+
+
+def make_agent(name: str, env_id: str, sparsity: SparsityConfig):
+    return MODULES[name].make(agent_config(name, sparsity), envs.env_spec(env_id), 20_480 if name == "ppo" else 20_000)
+
+
+def case_threads(case: str) -> int:
+    """The XLA CPU threads `sparse-rl train` gives a run of this case (sparse_rl.train.dispatch)."""
+    name, _, sparsity = CASES[case]
+    return auto_cpu_threads(MODULES[name].SPEC.update_layer_macs(agent_config(name, sparsity)))
 
 
 def before_path(name: str, agent, state, obs):
@@ -129,18 +140,28 @@ def measure(case: str, rounds: int, calls: int) -> dict:
 
 
 def main(argv=None) -> int:
-    use_synchronous_cpu_dispatch()  # as `sparse-rl train` runs its programs (sparse_rl.train.dispatch)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of {list(CASES)}")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:  # one case in this process, its thread pool sized by the parent (PJRT_NPROC)
+        use_synchronous_cpu_dispatch()  # as `sparse-rl train` runs its programs (sparse_rl.train.dispatch)
+        print(json.dumps(measure(args.child, args.rounds, args.calls)), flush=True)
+        return 0
     results = {}
     for case in args.cases.split(","):
         if case not in CASES:
             parser.error(f"--cases: unknown case {case!r}; allowed: {', '.join(CASES)}")
-        results[case] = measure(case, args.rounds, args.calls)
-        row = results[case]
+        threads = case_threads(case)
+        row = run_worker([__file__, "--child", case, "--rounds", str(args.rounds), "--calls", str(args.calls)],
+                         env={"PJRT_NPROC": str(threads)})
+        if "error" in row:
+            raise SystemExit(f"{case}: {row['error']}")
+        row.pop("process_seconds", None)
+        row["cpu_threads"] = threads
+        results[case] = row
         print(f"{case:32s} before {row['act_us_before']:7.1f} us  after {row['act_us']:7.1f} us  "
               f"x{row['ratio']:.2f}", flush=True)
     print(write_results("act", results))

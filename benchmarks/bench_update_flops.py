@@ -11,8 +11,10 @@ update is bound by the same limit. Results: benchmarks/results/update_flops.json
 
 Two sets of rows: the paper's settings (the presets) and sbx's defaults (issue 15: DQN 256-256
 batch 32, SAC 256-256 batch 256, PPO 64-64 minibatch 64; the flags of bench_sbx_defaults.py).
-Every row also gives the microseconds of one update call, dispatched synchronously as `sparse-rl
-train` dispatches it (`sparse_rl.train.dispatch`). PPO's row has no FLOP count: its update
+Every row also gives the microseconds of one update call, dispatched synchronously and on as many
+XLA CPU threads as `sparse-rl train` gives that run (`sparse_rl.train.dispatch`: one for small
+networks, else every core; each case runs in a child process of its own, since XLA sizes its
+pool once per process). PPO's row has no FLOP count: its update
 is a loop over epochs and minibatches (one call learns from a whole 2048-step rollout), and XLA's
 cost analysis counts a loop body once, not once per trip; its time per gradient step is given.
 """
@@ -26,8 +28,7 @@ from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_sbx_defaults import STEPS, our_flags  # noqa: E402
-from common import machine, write_results  # noqa: E402
-from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch  # noqa: E402
+from common import machine, run_worker, write_results  # noqa: E402
 
 
 class Case(NamedTuple):
@@ -124,15 +125,42 @@ def matmul_gflops(m: int, k: int, n: int) -> float:
     return 2.0 * m * k * n / _best_seconds(lambda: f(x, w), reps=2000) / 1e9
 
 
-def main():
+def case_threads(case: Case) -> int:
+    """The XLA CPU threads `sparse-rl train` gives a run of this case (sparse_rl.train.dispatch)."""
+    from sparse_rl import agents
+    from sparse_rl.cli import build_train_args
+    from sparse_rl.train.dispatch import auto_cpu_threads
+
+    _, config = build_train_args(["--agent", case.agent, "--env", case.env, "--method", "dense", *case.flags])
+    return auto_cpu_threads(agents.spec(case.agent).update_layer_macs(config))
+
+
+def child(index: int) -> None:
+    """One case in this process (its thread pool sized by the parent through PJRT_NPROC)."""
+    from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch
+
     use_synchronous_cpu_dispatch()  # as `sparse-rl train` runs its programs (sparse_rl.train.dispatch)
+    case = CASES[index]
+    row = update_case(case)
+    row["matmul_shape"] = list(case.matmul_shape)
+    row["matmul_gflops"] = matmul_gflops(*case.matmul_shape)
+    row["fraction_of_matmul_rate"] = (None if row["update_gflops"] is None
+                                      else row["update_gflops"] / row["matmul_gflops"])
+    print(json.dumps(row), flush=True)
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child(int(sys.argv[2]))
+        return
     rows = []
-    for case in CASES:
-        row = update_case(case)
-        row["matmul_shape"] = list(case.matmul_shape)
-        row["matmul_gflops"] = matmul_gflops(*case.matmul_shape)
-        row["fraction_of_matmul_rate"] = (None if row["update_gflops"] is None
-                                          else row["update_gflops"] / row["matmul_gflops"])
+    for index, case in enumerate(CASES):
+        threads = case_threads(case)
+        row = run_worker([__file__, "--child", str(index)], env={"PJRT_NPROC": str(threads)})
+        if "error" in row:
+            raise SystemExit(f"{case}: {row['error']}")
+        row.pop("process_seconds", None)
+        row["cpu_threads"] = threads
         rows.append(row)
         print(json.dumps(row), flush=True)
     path = write_results("update_flops", {"benchmark": "update_flops", "machine": machine(), "cases": rows})

@@ -62,6 +62,8 @@ class ProcessOptions:
 
     compile_cache: str | None = None
     """Directory of the persistent XLA compilation cache, or `off` (None: $SPARSE_RL_COMPILE_CACHE, else ~/.cache/sparse_rl/xla). Later runs with the same programs load them instead of compiling; results are the same."""
+    cpu_threads: int | None = None
+    """Threads of XLA's CPU thread pool for this run (None: 1 when the networks are small, largest layer under 3M multiply-adds per gradient step, else every core, at most $PJRT_NPROC). Results do not depend on it."""
     wandb: str | None = None
     """--wandb [PROJECT]: also log metrics and evaluations to Weights & Biases (extra [wandb]; project sparse_rl unless named; WANDB_MODE=offline keeps it local)."""
 
@@ -159,13 +161,17 @@ class AnnounceStart(Callback):
 def train_main(argv=None) -> int:
     from sparse_rl.configure import run_warnings
     from sparse_rl.train.compile_cache import enable_compile_cache
-    from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch
+    from sparse_rl import agents
+    from sparse_rl.train.dispatch import configure_training_process
     from sparse_rl.train.rundir import run_status
     from sparse_rl.train.runner import default_out, train
 
-    use_synchronous_cpu_dispatch()  # before any computation: JAX reads it when its CPU client starts
     argv = list(sys.argv[1:] if argv is None else argv)
     run, config, process = parse_train_args(argv)
+    check(process.cpu_threads is None or process.cpu_threads >= 1, "cpu_threads",
+          f"got {process.cpu_threads}", "an int >= 1, or leave it out (chosen from the network sizes)")
+    # Before any computation: JAX reads both settings when its CPU client starts.
+    configure_training_process(process.cpu_threads, agents.spec(run.agent).update_layer_macs(config))
     for warning in run_warnings(run, config):
         print(f"warning: {warning}", file=sys.stderr)
     enable_compile_cache(process.compile_cache)
@@ -256,5 +262,13 @@ def main(argv=None) -> int:
         restore_signals(handlers, finished=console)
 
 
+def console_main() -> None:
+    """The `sparse-rl` command: `main` in this process, which then ends without the interpreter's
+    teardown (`sparse_rl.process`)."""
+    from sparse_rl.process import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -94,3 +94,50 @@ def test_ppo_calendar_switch_equals_always_branching():
     assert used == {True, False}
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_update_calls_counts_the_loops_update_steps():
+    from types import SimpleNamespace
+
+    from sparse_rl.train.offpolicy import update_calls
+
+    for starts, every, first, steps in [(100, 4, 0, 30_000), (100, 4, 101, 1000), (0, 1, 0, 10), (5, 3, 7, 8),
+                                        (50, 2, 60, 50), (10, 7, 0, 10), (10, 7, 0, 11), (3, 5, 2000, 2001)]:
+        needs = SimpleNamespace(learning_starts=starts, train_every=every)
+        want = sum(1 for s in range(first, steps) if s >= starts and (s - starts) % every == 0)
+        assert update_calls(needs, first, steps) == want, (starts, every, first, steps)
+
+
+def test_a_run_with_few_update_calls_runs_one_program():
+    from sparse_rl.train.group import ONE_PROGRAM_CALLS, update_calendar
+
+    class A:
+        mask_update_steps = np.array([10, 20])
+
+    assert update_calendar([A()], ONE_PROGRAM_CALLS - 1) is None
+    np.testing.assert_array_equal(update_calendar([A()], ONE_PROGRAM_CALLS), [10, 20])
+
+
+@pytest.mark.parametrize("agent_name, env_id, kwargs", [
+    ("ppo", "Pendulum-v1", dict(steps=6 * 128, num_envs=1, rollout_length=128, minibatch_size=64, epochs=2,
+                                actor_widths=(16, 16), value_widths=(16, 16), update_every=6)),
+    ("dqn", "CartPole-v1", dict(steps=600, widths=(16, 16), learning_starts=100, batch_size=16, update_every=20)),
+])
+def test_one_program_and_two_give_the_same_run(agent_name, env_id, kwargs, tmp_path, monkeypatch):
+    """Whichever way a run's calls are split between the programs, its numbers are the same."""
+    import csv
+
+    import sparse_rl
+    from sparse_rl.train import group
+
+    rows, due = {}, []
+    monkeypatch.setattr(group, "mask_update_due", lambda *a: due.append(mask_update_due(*a)) or due[-1])
+    for mode, calls in (("two", 0), ("one", 10**9)):
+        monkeypatch.setattr(group, "ONE_PROGRAM_CALLS", calls)
+        out = tmp_path / mode
+        sparse_rl.train(agent_name, env_id, out=str(out), method="rigl", sparsity=0.8, eval_every=kwargs["steps"],
+                        checkpoint_every=0, eval_episodes=1, log_every=kwargs["steps"] // 3, progress=False, **kwargs)
+        rows[mode] = [{k: v for k, v in r.items() if k not in ("wall_time", "sps")}
+                      for r in csv.DictReader(open(out / "metrics.csv"))]
+    assert any(due) and not all(due)  # two programs ran in the first run; one in the second (no calendar)
+    assert len(rows["one"]) >= 3 and rows["one"] == rows["two"]

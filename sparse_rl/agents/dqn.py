@@ -352,6 +352,14 @@ def first_update_step(config: Config, env_id: str) -> int:
     return config.learning_starts
 
 
+def update_layer_macs(config: Config) -> int | None:
+    """Multiply-adds of the Q-network's largest hidden layer over one minibatch (None: not an MLP)."""
+    if config.network != "mlp":
+        return None
+    return nets.largest_layer_macs(config.widths, config.width_multiplier, config.batch_size)
+
+
 SPEC = AgentSpec(name="dqn", loop="offpolicy", config=Config, networks={"q": "sparsity"}, presets=PRESETS,
                  method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make,
-                 first_update_step=first_update_step, spaces=("Box", ("Discrete",)))
+                 first_update_step=first_update_step, spaces=("Box", ("Discrete",)),
+                 update_layer_macs=update_layer_macs)

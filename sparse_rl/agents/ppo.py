@@ -731,6 +731,15 @@ def first_update_step(config: Config, env_id: str) -> int:
     return config.num_envs * config.rollout_length
 
 
+def update_layer_macs(config: Config) -> int | None:
+    """Multiply-adds of the largest hidden layer over one minibatch (None: not an MLP)."""
+    if config.network != "mlp":
+        return None
+    return max(nets.largest_layer_macs(w, config.width_multiplier, config.minibatch_size)
+               for w in (config.actor_widths, config.value_widths))
+
+
 SPEC = AgentSpec(name="ppo", loop="onpolicy", config=Config, networks={"actor": "actor_sparsity", "value": "value_sparsity"},
                  presets=PRESETS, method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make,
-                 first_update_step=first_update_step, spaces=("Box", ("Discrete", "Box")))
+                 first_update_step=first_update_step, spaces=("Box", ("Discrete", "Box")),
+                 update_layer_macs=update_layer_macs)

@@ -587,7 +587,17 @@ def first_update_step(config: Config, env_id: str) -> int:
     return resolve_config(config, env_id).learning_starts
 
 
+def update_layer_macs(config: Config) -> int | None:
+    """Multiply-adds of the largest hidden layer over one minibatch (None: a torso is not an MLP);
+    the twin critics run as one batched matmul, twice the rows."""
+    if config.actor_network != "mlp" or config.critic_network != "mlp":
+        return None
+    return max(nets.largest_layer_macs(config.actor_widths, config.width_multiplier, config.batch_size),
+               nets.largest_layer_macs(config.critic_widths, config.width_multiplier, 2 * config.batch_size))
+
+
 SPEC = AgentSpec(name="sac", loop="offpolicy", config=Config,
                  networks={"actor": "actor_sparsity", "critic1": "critic_sparsity", "critic2": "critic_sparsity"},
                  presets=PRESETS, method_defaults=METHOD_DEFAULTS, default_preset=default_preset, make=make,
-                 first_update_step=first_update_step, spaces=("Box", ("Box",)))
+                 first_update_step=first_update_step, spaces=("Box", ("Box",)),
+                 update_layer_macs=update_layer_macs)

@@ -17,7 +17,7 @@ import numpy as np
 from sparse_rl.errors import ConfigError
 from sparse_rl.nets.cnn import ImpalaResNet, NatureCNN
 from sparse_rl.nets.heads import QHead
-from sparse_rl.nets.mlp import ACTIVATIONS, MLP, get_activation, scaled_widths
+from sparse_rl.nets.mlp import ACTIVATIONS, MLP, get_activation, largest_layer_macs, scaled_widths
 
 
 def _mlp_torso(**kw) -> MLP:

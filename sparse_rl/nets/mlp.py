@@ -54,6 +54,16 @@ def scaled_widths(widths: Sequence[int], multiplier: float) -> tuple[int, ...]:
     return tuple(scaled_width(w, m) for w in widths)
 
 
+def largest_layer_macs(widths: Sequence[int], multiplier: float, rows: int) -> int:
+    """Multiply-adds of an MLP torso's largest hidden layer applied to `rows` inputs: rows x the
+    largest product of consecutive scaled hidden widths (rows x w x w for one hidden layer). The
+    input and output sizes are left out: they are known only once the env is built, and hidden
+    layers are the larger ones in the nets this library builds."""
+    scaled = scaled_widths(widths, multiplier)
+    pairs = list(zip(scaled, scaled[1:])) or [(scaled[0], scaled[0])]
+    return int(rows) * max(a * b for a, b in pairs)
+
+
 class MLP(hk.Module):
     """A stack of `hk.Linear` layers named `linear_0`, `linear_1`, ...
 

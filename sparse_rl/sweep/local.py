@@ -37,7 +37,7 @@ from sparse_rl.train.rundir import (FAILED, LOCK, RUN_MARKS, check_owned, open_l
                                    write_text_atomic)
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS")
+               "VECLIB_MAXIMUM_THREADS", "PJRT_NPROC")  # PJRT_NPROC: XLA's CPU pool (train.dispatch)
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -193,14 +193,31 @@ def failure_message(path) -> str | None:
         return None
 
 
+def task_layer_macs(task: dict) -> int | None:
+    """Multiply-adds of the largest layer one program of `task` runs per gradient step (a
+    vectorized task's runs share one program), from its first cell; None when unknown (a cell
+    that does not parse fails later, in `execute_task`, with its own error)."""
+    from sparse_rl import agents
+
+    cells = task.get("cells") or []
+    try:
+        run, config = _parse_cell(cells[0])
+    except (LookupError, TypeError, ValueError):  # ConfigError is a ValueError
+        return None
+    macs = agents.spec(run.agent).update_layer_macs(config)
+    return macs * len(cells) if macs is not None and task.get("vectorized") else macs
+
+
 def main(argv=None) -> int:
     """`python -m sparse_rl.sweep.local TASK_JSON`: run one task (a worker process)."""
-    from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch
+    from sparse_rl.train.dispatch import configure_training_process
 
     argv = sys.argv[1:] if argv is None else argv
     _die_with_parent()
-    use_synchronous_cpu_dispatch()  # a fresh process: before its first computation
     task = json.loads(argv[0])
+    # A fresh process, before its first computation: at most the threads its environment gives
+    # it (`worker_env`), one for small networks.
+    configure_training_process(None, task_layer_macs(task))
     try:
         interrupt_on_sigterm()  # a job stopped by its scheduler: the cells stay resumable
         results = execute_task(task)
@@ -464,4 +481,6 @@ def _stop(running: dict, grace: float = 30.0) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sparse_rl.process import exit_process
+
+    exit_process(main())

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from sparse_rl.errors import ConfigError
-from sparse_rl.sweep.local import (SweepProgress, execute_task, finalize_task, worker_env,
+from sparse_rl.sweep.local import (SweepProgress, execute_task, finalize_task, task_layer_macs, worker_env,
                                    worker_exit_status)
-from sparse_rl.train.dispatch import use_synchronous_cpu_dispatch
+from sparse_rl.train.dispatch import configure_training_process
 
 
 def _ray():
@@ -37,11 +37,13 @@ def _ray():
 
 
 def _task(task: dict) -> list[dict]:  # runs inside a Ray worker
-    use_synchronous_cpu_dispatch()  # takes effect in a worker's first task (before its first computation)
+    # Takes effect in a worker's first task (before its first computation); Ray starts a worker
+    # per task (max_calls=1).
+    configure_training_process(None, task_layer_macs(task))
     return execute_task(task)
 
 
-ENV_VARS = ("XLA_FLAGS", "PYTHONPATH", "XLA_PYTHON_CLIENT_PREALLOCATE", "OMP_NUM_THREADS",
+ENV_VARS = ("XLA_FLAGS", "PYTHONPATH", "XLA_PYTHON_CLIENT_PREALLOCATE", "OMP_NUM_THREADS", "PJRT_NPROC",
             "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "JAX_COMPILATION_CACHE_DIR",
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
 

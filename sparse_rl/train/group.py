@@ -24,6 +24,7 @@ from sparse_rl.train import startup
 from sparse_rl.train.acting import NoiseBlocks, NoiseDrawer, step_noise
 from sparse_rl.train.chunks import StateChunks, check_one_program, init_states
 from sparse_rl.train.context import RunConfig, RunContext
+from sparse_rl.train.dispatch import pool_threads
 from sparse_rl.train.recorder import make_recorder
 from sparse_rl.train.serialize import config_diff
 
@@ -118,6 +119,7 @@ class Start:
         self.marks["first_step"] = now
         entry = startup.report(self.marks, self.init_seconds + self.chunks.compile_seconds,
                                startup.process_seconds(), now)
+        entry["cpu_threads"] = pool_threads()
         for ctx in self.ctxs:
             ctx.startup = dict(entry)
 
@@ -145,11 +147,21 @@ class ScheduledUpdate:
         return out
 
 
-def update_calendar(agents: Sequence):
+# Below this many update calls left in a run, every call runs the program with the mask-update
+# branch: one program to trace, lower and load (0.3-0.5 s, warm cache) instead of two. Measured
+# (notes of issue 15, 2-core VM, RigL-90): the branch costs 0.1 ms a call for DQN 256-256 batch 32
+# (a 30k-step run: 7.5k calls, 0.8 s) and 1.5 ms for PPO 64-64's 320-step update (a 20k-step run:
+# 10 calls, 15 ms), so a second program pays off from a few thousand calls (DQN) or a few hundred
+# (PPO). Results do not depend on it: the branch does nothing where no mask update is due.
+ONE_PROGRAM_CALLS = 1000
+
+
+def update_calendar(agents: Sequence, calls_left: int):
     """Gradient-step counts at which some run's masks may change (union over the runs' agents),
-    or None when an agent does not say (then every update runs the mask-update branch)."""
+    or None when an agent does not say or the run has fewer than ONE_PROGRAM_CALLS update calls
+    left (then every update runs the mask-update branch)."""
     calendars = [a.mask_update_steps for a in {id(a): a for a in agents}.values()]
-    if any(c is None for c in calendars):
+    if any(c is None for c in calendars) or calls_left < ONE_PROGRAM_CALLS:
         return None
     return np.unique(np.concatenate([np.asarray(c, np.int64) for c in calendars]))
 

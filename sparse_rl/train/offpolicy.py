@@ -88,6 +88,17 @@ class RunLoopState:
         ctx.save_checkpoint(step, {"agent": state}, arrays, counters, state=state)
 
 
+def update_calls(needs, first_step: int, steps: int) -> int:
+    """Update calls the loop makes from env step `first_step` to `steps` (one at every
+    `train_every`-th step from `learning_starts` on)."""
+    first = max(first_step, needs.learning_starts)
+    if first >= steps:
+        return 0
+    offset = (first - needs.learning_starts) % needs.train_every
+    first += (needs.train_every - offset) % needs.train_every
+    return 0 if first >= steps else (steps - 1 - first) // needs.train_every + 1
+
+
 def act_step(agent):
     """The loop's act for one env step, `(acting view, obs, noise block, step) -> action` (over a
     `StateChunks.program`): the step's noise is sliced from its block on the device."""
@@ -117,12 +128,6 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     act_noise = NoiseBlocks(NoiseDrawer(lambda key: agent.act_noise(key, (1,), False)), act_keys)
     eval_act_all = chunks.program(eval_act_step(agent), view=agent.acting_view)
     eval_noise = NoiseDrawer(lambda key: agent.act_noise(key, (run0.eval_episodes,), True))
-    # Two programs for prune/SET/RigL: calls in which no mask update is due run one without the
-    # mask-update branch (`topology=False`), which is what most calls are.
-    update_all = ScheduledUpdate(chunks.updater(
-        lambda state, batch, key, step, topology: agent.update(state, batch, jax.random.fold_in(key, step),
-                                                                topology=topology)),
-        update_calendar(agents), per_call=needs.gradient_steps, grad_steps=start.gradient_steps)
     if needs.random_warmup:  # uniform actions in the bounds, drawn ahead as the noise is
         low = jnp.asarray(action_spec.minimum, jnp.float32)
         high = jnp.asarray(action_spec.maximum, jnp.float32)
@@ -143,6 +148,14 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     else:
         for loop_state in runs:
             loop_state.reset()
+    # Two programs for prune/SET/RigL: calls in which no mask update is due run one without the
+    # mask-update branch (`topology=False`), which is what most calls are; a run with few calls
+    # left runs the one with the branch only (`group.ONE_PROGRAM_CALLS`).
+    update_all = ScheduledUpdate(chunks.updater(
+        lambda state, batch, key, step, topology: agent.update(state, batch, jax.random.fold_in(key, step),
+                                                                topology=topology)),
+        update_calendar(agents, update_calls(needs, resume_step or 0, run0.steps)), per_call=needs.gradient_steps,
+        grad_steps=start.gradient_steps)
     for ctx in ctxs:
         ctx.open_metrics(["train_episodes"] + sorted(metric_shapes) + network_names, resume_step)
     recorders = make_recorders(ctxs, agents, chunks, resume_step)

@@ -144,7 +144,8 @@ def run(ctxs: list[RunContext], agents: list, extras: list, *, chunk: int | None
     # mask-update branch.
     update_all = ScheduledUpdate(chunks.updater(lambda s, rollout, k, iteration, topology: agent.update(
         s, rollout, jax.random.fold_in(k, iteration), topology=topology)),
-        update_calendar(agents), per_call=needs.gradient_steps, grad_steps=start.gradient_steps)
+        update_calendar(agents, needs.iterations - start_iteration), per_call=needs.gradient_steps,
+        grad_steps=start.gradient_steps)
 
     # Rollout buffers (numpy, reused), one slice per run.
     obs_dtype = runs[0].env.single_observation_space.dtype
