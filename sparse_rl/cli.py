@@ -63,7 +63,7 @@ class ProcessOptions:
     compile_cache: str | None = None
     """Directory of the persistent XLA compilation cache, or `off` (None: $SPARSE_RL_COMPILE_CACHE, else ~/.cache/sparse_rl/xla). Later runs with the same programs load them instead of compiling; results are the same."""
     cpu_threads: int | None = None
-    """Threads of XLA's CPU thread pool for this run (None: 1 when the networks are small, largest layer under 3M multiply-adds per gradient step, else every core, at most $PJRT_NPROC). Results do not depend on it."""
+    """Threads of XLA's CPU thread pool for this run (None: 1 when the networks are small, largest layer under 3M multiply-adds per gradient step, else every core, at most $PJRT_NPROC). Large networks can differ in the last bits between counts: pin it to compare machines."""
     wandb: str | None = None
     """--wandb [PROJECT]: also log metrics and evaluations to Weights & Biases (extra [wandb]; project sparse_rl unless named; WANDB_MODE=offline keeps it local)."""
 

@@ -1,5 +1,6 @@
 """How a training process sizes XLA's CPU thread pool (sparse_rl.train.dispatch, issue 15)."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -81,6 +82,10 @@ def test_sparse_rl_train_sizes_the_pool_from_the_network_and_records_it(tmp_path
     chosen = _run_cli(tmp_path, "chosen", "--dqn.widths", "8", "--cpu-threads", "2")
     assert chosen.returncode == 0, chosen.stderr
     assert json.loads((tmp_path / "chosen" / "summary.json").read_text())["startup"]["cpu_threads"] == 2
+    # a network this small is not split across threads: the same numbers on one thread or two
+    rows = {name: [{k: v for k, v in r.items() if k not in ("wall_time", "sps")}
+                   for r in csv.DictReader(open(tmp_path / name / "metrics.csv"))] for name in ("small", "chosen")}
+    assert rows["small"] and rows["small"] == rows["chosen"]
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])

@@ -19,9 +19,10 @@ one thread against two:
 So a run whose largest layer is under SMALL_LAYER_MACS gets one thread, any other run every core.
 
 JAX reads both settings when it starts its CPU client, at the process's first computation. So our
-own processes set them first thing: `sparse-rl train` and sweep workers, local or Ray. Results do
-not change: the programs are the same; only the threads that run them do. The Python API leaves
-the user's process as it is. A user who wants the same there sets them before any JAX
+own processes set them first thing: `sparse-rl train` and sweep workers, local or Ray. Dispatch
+does not change results. The thread count can, in the last bits: XLA splits large matmuls and
+reductions across threads (as two machines with different core counts would); a small network,
+which gets one thread, is not split either way. The Python API leaves the user's process as it is. A user who wants the same there sets them before any JAX
 computation (README).
 """
 
