@@ -100,9 +100,9 @@ def flops_rows() -> list[str]:
 
 
 def _flops_lines(data: dict) -> list[str]:
-    lines = ["| update (dense) | settings | MFLOP per update | us per update (per gradient step) | GFLOP/s "
-             "| matmul GFLOP/s (shape) | fraction of the matmul rate | act us (before issue 15) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| update (dense) | settings | CPU threads | MFLOP per update | us per update (per gradient step) "
+             "| GFLOP/s | matmul GFLOP/s (shape) | fraction of the matmul rate | act us (before issue 15) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in data.get("cases", []):
         settings = c.get("settings", "paper")
         shape = "x".join(str(d) for d in c["matmul_shape"])
@@ -111,9 +111,28 @@ def _flops_lines(data: dict) -> list[str]:
         per_step = f"{us:.0f}" if steps == 1 else f"{us:.0f} ({c.get('gradient_step_us', us / steps):.0f})"
         act, act_before = act_us(f"{c['agent']} {c['env']}") if settings == "sbx defaults" else (None, None)
         act_cell = "" if act is None else f"{act:.0f}" + ("" if act_before is None else f" ({act_before:.0f})")
-        lines.append(f"| {c['agent']} {c['env']} | {settings} | {_fmt(c.get('update_mflop'))} | {per_step} "
+        lines.append(f"| {c['agent']} {c['env']} | {settings} | {_fmt(c.get('cpu_threads'))} "
+                     f"| {_fmt(c.get('update_mflop'))} | {per_step} "
                      f"| {_fmt(c.get('update_gflops'))} | {c['matmul_gflops']:.0f} ({shape}) "
                      f"| {_fmt(c.get('fraction_of_matmul_rate'), '.2f')} | {act_cell} |")
+    return lines
+
+
+def threads_rows() -> list[str]:
+    """bench_cpu_threads.py: an update's cost on one XLA CPU thread and on every core."""
+    return _rows_or_nothing(_threads_lines, _read_json(RESULTS / "cpu_threads.json"))
+
+
+def _threads_lines(data: dict) -> list[str]:
+    cores = str(data["cores"])
+    lines = [f"| update (dense) | settings | largest layer, M multiply-adds | us per update, 1 thread / {cores} "
+             f"| 1 thread faster by | `sparse-rl train` picks |",
+             "|---|---|---|---|---|---|"]
+    for c in data.get("cases", []):
+        macs = c.get("largest_layer_macs")
+        lines.append(f"| {c['agent']} {c['env']} | {c['settings']} | {'' if macs is None else f'{macs / 1e6:.1f}'} "
+                     f"| {c['update_us']['1']:.0f} / {c['update_us'][cores]:.0f} | {c['one_thread_speedup']:.2f}x "
+                     f"| {c['rule_threads']} |")
     return lines
 
 
@@ -176,6 +195,8 @@ if __name__ == "__main__":
     print("\n".join(sbx_defaults_rows()))
     print()
     print("\n".join(flops_rows()))
+    print()
+    print("\n".join(threads_rows()))
     print()
     print("\n".join(memory_rows()))
     print()

@@ -124,3 +124,12 @@ def test_corrupt_results_give_no_rows(table, tmp_path, content):
     for name in ("sbx_defaults.json", "update_flops.json", "act.json"):
         (tmp_path / name).write_text(content)
     assert table.sbx_defaults_rows() == [] and table.flops_rows() == []
+
+
+def test_thread_table_reads_its_results(table, tmp_path):
+    case = {"settings": "sbx defaults", "agent": "dqn", "env": "CartPole-v1", "largest_layer_macs": 2097152,
+            "update_us": {"1": 430.0, "2": 640.0}, "one_thread_speedup": 1.49, "rule_threads": 1}
+    (tmp_path / "cpu_threads.json").write_text(json.dumps({"cores": 2, "cases": [case]}))
+    assert table.threads_rows()[-1] == "| dqn CartPole-v1 | sbx defaults | 2.1 | 430 / 640 | 1.49x | 1 |"
+    (tmp_path / "cpu_threads.json").write_text("{not json")
+    assert table.threads_rows() == []
