@@ -231,6 +231,9 @@ class ReplayBuffer:
         g = self._rng.integers(self._lo, hi, size=batch_size)
         if n == 1:
             slot = g % self.capacity
+            if not self.frame_stack:  # the slots once, and gathers that make copies already
+                return Transition(s["obs"][slot], s["action"][slot], s["reward"][slot], s["discount"][slot],
+                                  s["next_obs"][slot])
             return Transition(self._obs(g), s["action"][slot].copy(), s["reward"][slot].copy(),
                               s["discount"][slot].copy(), self._next_obs(g))
         c = self.capacity

@@ -67,6 +67,8 @@ def crossed(before: int, after: int, every: int) -> bool:
 def stack_runs(items: Sequence):
     """Per-run pytrees (numpy) stacked along a leading run axis (a view for one run)."""
     if len(items) == 1:
+        if isinstance(items[0], np.ndarray):  # a run's observation, every env step: no tree walk
+            return items[0][None]
         return jax.tree_util.tree_map(lambda x: np.asarray(x)[None], items[0])
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *items)
 
