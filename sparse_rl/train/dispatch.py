@@ -9,21 +9,21 @@ asynchronously and 13.7 us synchronously, and a DQN run makes an act call every 
 
 The thread pool. XLA's CPU client runs a program's kernels on a pool of one thread per core: it
 splits loops across the threads and runs independent kernels at once. For a small network the
-hand-offs cost more than they save. Measured on the 2-core VM (benchmarks/bench_cpu_threads.py),
-one thread against two:
-- DQN 256-256, batch 32 (largest layer 2.1M multiply-adds): update 429 vs 638 us;
-- PPO 64-64, minibatch 64 (0.26M): a 320-step update 32 vs 45 ms;
-- DQN 256-256, batch 64 (4.2M): 712 vs 675 us, about even;
-- SAC 256-256, batch 256 (33.6M with the twin critics), DQN 512-512 batch 128 (33.6M): two threads
-  win (4.4 vs 5.8 ms, 2.1 vs 2.8 ms).
+hand-offs cost more than they save. Measured on the 2-core VM (benchmarks/bench_cpu_threads.py,
+median of 3 alternated rounds), one thread against two:
+- DQN 256-256, batch 32 (largest layer 2.1M multiply-adds): update 517 vs 578 us;
+- PPO 64-64, minibatch 64 (0.26M): a 320-step update 32 vs 42 ms;
+- DQN 256-256, batch 64 (4.2M): 681 vs 709 us, about even;
+- SAC 256-256, batch 256 (33.6M with the twin critics) and DQN 512-512, batch 128 (33.6M): two
+  threads win (6.3 vs 4.8 ms, 3.1 vs 1.9 ms).
 So a run whose largest layer is under SMALL_LAYER_MACS gets one thread, any other run every core.
 
 JAX reads both settings when it starts its CPU client, at the process's first computation. So our
 own processes set them first thing: `sparse-rl train` and sweep workers, local or Ray. Dispatch
 does not change results. The thread count can, in the last bits: XLA splits large matmuls and
-reductions across threads (as two machines with different core counts would); a small network,
-which gets one thread, is not split either way. The Python API leaves the user's process as it is. A user who wants the same there sets them before any JAX
-computation (README).
+reductions across threads (as two machines with different core counts would); a network small
+enough to get one thread is not split on two either (tested). The Python API leaves the user's
+process as it is; a user who wants the same there sets both before any JAX computation (README).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ OPTION = "jax_cpu_enable_async_dispatch"
 THREAD_VARS = ("PJRT_NPROC", "NPROC")
 
 # Largest-layer multiply-adds per gradient step below which one thread is faster (see above: the
-# crossover measured between 2.1M, one thread 33% faster, and 4.2M, even).
+# crossover measured between 2.1M, one thread 12% faster, and 4.2M, about even).
 SMALL_LAYER_MACS = 3_000_000
 
 
