@@ -15,15 +15,13 @@ cases of bench_update_flops.py (the paper's settings and sbx's defaults) and DQN
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_update_flops import CASES, Case  # noqa: E402
-from common import machine, write_results  # noqa: E402
+from bench_update_flops import CASES, Case, case_layer_macs  # noqa: E402
+from common import machine, run_worker, write_results  # noqa: E402
 
 EXTRA = (Case("sbx defaults, batch 64", "dqn", "CartPole-v1", (64, 256, 256),
               tuple(CASES[2].flags) + ("--dqn.batch-size", "64")),)
@@ -39,22 +37,11 @@ def child(index: int) -> None:
     print(json.dumps({"update_us": row["update_us"], "gradient_step_us": row["gradient_step_us"]}), flush=True)
 
 
-def layer_macs(case: Case) -> int | None:
-    from sparse_rl import agents
-    from sparse_rl.cli import build_train_args
-
-    _, config = build_train_args(["--agent", case.agent, "--env", case.env, "--method", "dense", *case.flags])
-    return agents.spec(case.agent).update_layer_macs(config)
-
-
 def run_child(index: int, threads: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PJRT_NPROC", "NPROC")}
-    env["PJRT_NPROC"] = str(threads)
-    out = subprocess.run([sys.executable, __file__, "--child", str(index)], capture_output=True, text=True,
-                         env=env, timeout=1800)
-    if out.returncode != 0:
-        raise SystemExit(f"case {index} at {threads} threads failed: {out.stderr.strip().splitlines()[-1:]}")
-    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+    row = run_worker([__file__, "--child", str(index)], env={"PJRT_NPROC": str(threads)})
+    if "error" in row:
+        raise SystemExit(f"case {index} at {threads} threads failed: {row['error']}")
+    return row
 
 
 def main(argv=None) -> int:
@@ -75,7 +62,7 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             for n in (counts if r % 2 == 0 else counts[::-1]):
                 times[n].append(run_child(index, n)["update_us"])
-        macs = layer_macs(case)
+        macs = case_layer_macs(case)
         median = {n: statistics.median(v) for n, v in times.items()}
         row = {"settings": case.settings, "agent": case.agent, "env": case.env, "largest_layer_macs": macs,
                "update_us": {str(n): median[n] for n in counts}, "all_us": {str(n): times[n] for n in counts},

@@ -125,14 +125,20 @@ def matmul_gflops(m: int, k: int, n: int) -> float:
     return 2.0 * m * k * n / _best_seconds(lambda: f(x, w), reps=2000) / 1e9
 
 
-def case_threads(case: Case) -> int:
-    """The XLA CPU threads `sparse-rl train` gives a run of this case (sparse_rl.train.dispatch)."""
+def case_layer_macs(case: Case) -> int | None:
+    """Multiply-adds of the case's largest layer per gradient step (`AgentSpec.update_layer_macs`)."""
     from sparse_rl import agents
     from sparse_rl.cli import build_train_args
-    from sparse_rl.train.dispatch import auto_cpu_threads
 
     _, config = build_train_args(["--agent", case.agent, "--env", case.env, "--method", "dense", *case.flags])
-    return auto_cpu_threads(agents.spec(case.agent).update_layer_macs(config))
+    return agents.spec(case.agent).update_layer_macs(config)
+
+
+def case_threads(case: Case) -> int:
+    """The XLA CPU threads `sparse-rl train` gives a run of this case (sparse_rl.train.dispatch)."""
+    from sparse_rl.train.dispatch import auto_cpu_threads
+
+    return auto_cpu_threads(case_layer_macs(case))
 
 
 def child(index: int) -> None:

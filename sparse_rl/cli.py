@@ -159,9 +159,9 @@ class AnnounceStart(Callback):
 
 
 def train_main(argv=None) -> int:
+    from sparse_rl import agents
     from sparse_rl.configure import run_warnings
     from sparse_rl.train.compile_cache import enable_compile_cache
-    from sparse_rl import agents
     from sparse_rl.train.dispatch import configure_training_process
     from sparse_rl.train.rundir import run_status
     from sparse_rl.train.runner import default_out, train

@@ -230,12 +230,9 @@ class ReplayBuffer:
         s = self._storage
         g = self._rng.integers(self._lo, hi, size=batch_size)
         if n == 1:
-            slot = g % self.capacity
-            if not self.frame_stack:  # the slots once, and gathers that make copies already
-                return Transition(s["obs"][slot], s["action"][slot], s["reward"][slot], s["discount"][slot],
-                                  s["next_obs"][slot])
-            return Transition(self._obs(g), s["action"][slot].copy(), s["reward"][slot].copy(),
-                              s["discount"][slot].copy(), self._next_obs(g))
+            slot = g % self.capacity  # gathers by index arrays copy: the sample owns its arrays
+            return Transition(self._obs(g), s["action"][slot], s["reward"][slot], s["discount"][slot],
+                              self._next_obs(g))
         c = self.capacity
         idx = g[:, None] + np.arange(n)[None, :]                         # [B, n] global
         r = s["reward"][idx % c].astype(np.float64)
@@ -249,7 +246,7 @@ class ReplayBuffer:
         m = alive.sum(axis=1)
         discount = np.prod(np.where(alive, d, 1.0), axis=1) * np.power(float(gamma), m - 1)
         last = g + m - 1
-        return Transition(self._obs(g), s["action"][g % c].copy(), reward.astype(np.float32),
+        return Transition(self._obs(g), s["action"][g % c], reward.astype(np.float32),
                           discount.astype(np.float32), self._next_obs(last))
 
     # checkpointing ------------------------------------------------------------------------------

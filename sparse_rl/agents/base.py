@@ -194,7 +194,7 @@ class AgentSpec:
     spaces: tuple[str, tuple[str, ...]]
     # config -> multiply-adds of the largest hidden layer in one gradient step (minibatch rows x
     # fan-in x fan-out, `nets.largest_layer_macs`), or None when a torso is not an MLP. Read
-    # before JAX starts, to size its CPU thread pool (`sparse_rl.train.dispatch.cpu_threads`).
+    # before JAX starts, to size its CPU thread pool (`sparse_rl.train.dispatch.use_cpu_threads`).
     update_layer_macs: Callable[[Any], int | None]
 
     def __post_init__(self):
